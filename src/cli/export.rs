@@ -1,0 +1,47 @@
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::plan::{BuildOptions, Plan};
+use crate::sink::export::{export, prepare_dir, ExportOptions};
+use crate::sink::progress::human;
+
+/// Exports the pipeline's examples; prints a summary line on stderr.
+pub fn run(file: &Path, out: Option<PathBuf>, resume: bool, quiet: bool, sets: &[String]) -> Result<i32> {
+    let pipeline = crate::spec::load(file, sets)?;
+    let dir = out.unwrap_or_else(|| match &pipeline.spec.export.path {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from("out").join(&pipeline.spec.name),
+    });
+    // Refuse a bad output directory before reading any data.
+    let hash = format!("{:016x}", pipeline.content_hash());
+    if prepare_dir(&dir, resume, &hash, &pipeline.resolved_json())?.is_none() {
+        eprintln!("`{}` already holds the finished export; nothing to do", dir.display());
+        return Ok(0);
+    }
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let plan = Plan::build(pipeline, &BuildOptions { tokenizer_dir: Some(dir.clone()), check_only: false }).await?;
+        let opts = ExportOptions { dir, resume, progress_bar: !quiet && std::io::stderr().is_terminal() };
+        let report = export(plan.clone(), &opts).await?;
+        let stats = plan.source.stats.snapshot();
+        let skipped = stats["skipped_null_text"].as_u64().unwrap_or(0) + stats["skipped_blank_text"].as_u64().unwrap_or(0);
+        if report.rows == 0 {
+            eprintln!("the source produced no examples; wrote an empty export (manifest only) to `{}`", report.dir.display());
+        }
+        let secs = report.seconds.max(1e-9);
+        eprintln!(
+            "exported {} rows, {} tokens in {} part(s){} to `{}` in {:.1}s ({} tokens/s); {} documents read, {} null/blank texts skipped",
+            report.rows,
+            report.tokens,
+            report.parts,
+            if report.resumed_parts > 0 { format!(" ({} resumed)", report.resumed_parts) } else { String::new() },
+            report.dir.display(),
+            report.seconds,
+            human(report.tokens as f64 / secs),
+            stats["documents"],
+            skipped
+        );
+        Ok(0)
+    })
+}

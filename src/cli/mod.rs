@@ -1,0 +1,84 @@
+//! The command line: one file per command.
+
+mod export;
+mod preview;
+mod schema;
+mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+
+/// pretext: self-supervised pretraining data from data-lake tables, from one YAML pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "pretext", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check pipeline files: every problem at once, with file:line:column and a hint.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Override a field: `--set stream.batch_size=64` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print the first examples, decoded, with masked tokens visible.
+    Preview {
+        file: PathBuf,
+        /// How many examples.
+        #[arg(short = 'n', long, default_value_t = 3)]
+        n: usize,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Write the examples as a Parquet dataset with a manifest.
+    Export {
+        file: PathBuf,
+        /// Output directory (default: `export.path`, else `out/<name>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue an interrupted export in the same directory.
+        #[arg(long)]
+        resume: bool,
+        /// Do not draw a progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print the JSON Schema of pipeline files, or write it (and the task output schemas).
+    Schema {
+        /// Write `pipeline.schema.json` and `tasks/*.json` into the schemas directory.
+        #[arg(long)]
+        write: bool,
+        /// Where `--write` writes.
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs a parsed command; the `Ok` value is the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Validate { files, sets } => validate::run(&files, &sets),
+        Command::Preview { file, n, sets } => preview::run(&file, n, &sets),
+        Command::Export { file, out, resume, quiet, sets } => export::run(&file, out, resume, quiet, &sets),
+        Command::Schema { write, dir } => schema::run(write, &dir),
+    }
+}
+
+/// The tokio runtime the data plane runs on.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::env(format!("cannot start the async runtime: {e}")))
+}

@@ -1,0 +1,30 @@
+use std::path::Path;
+
+use futures::StreamExt;
+
+use crate::error::Result;
+use crate::plan::{BuildOptions, Plan};
+use crate::sink::preview::{render_mlm, MLM_LEGEND};
+
+/// Prints the first `n` examples of the stream, decoded.
+pub fn run(file: &Path, n: usize, sets: &[String]) -> Result<i32> {
+    let pipeline = crate::spec::load(file, sets)?;
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let plan = Plan::build(pipeline, &BuildOptions::default()).await?;
+        let mut stream = plan.stream();
+        let mut shown = 0;
+        while shown < n {
+            let Some(batch) = stream.next().await else { break };
+            let batch = batch?;
+            print!("{}", render_mlm(&plan.tokenizer, &batch, shown, n - shown)?);
+            shown += batch.num_rows().min(n - shown);
+        }
+        if shown == 0 {
+            eprintln!("the source produced no examples (skipped: {})", plan.source.stats.snapshot());
+        } else {
+            println!("{MLM_LEGEND}");
+        }
+        Ok(0)
+    })
+}

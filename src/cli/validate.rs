@@ -1,0 +1,30 @@
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::plan::{BuildOptions, Plan};
+
+/// Checks each file (spec, then files, columns, SQL and tokenizer); prints `ok` lines on stdout
+/// and problems on stderr. Exit code 1 when any file has a problem.
+pub fn run(files: &[PathBuf], sets: &[String]) -> Result<i32> {
+    let rt = super::runtime()?;
+    let mut failed = 0;
+    for file in files {
+        let result = crate::spec::load(file, sets)
+            .and_then(|p| rt.block_on(Plan::build(p, &BuildOptions { tokenizer_dir: None, check_only: true })));
+        match result {
+            Ok(plan) => println!(
+                "ok: {} ({}, {} {} file(s), tokenizer {})",
+                file.display(),
+                plan.pipeline.spec.task_name(),
+                plan.source.files.len(),
+                format!("{:?}", plan.source.format).to_lowercase(),
+                plan.tokenizer.description
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}

@@ -1,0 +1,111 @@
+//! Errors grouped by who must act: the user's pipeline file, the user's data, the environment
+//! (files, disks, permissions), or a bug in pretext. `main` maps them to exit codes: 1 for the
+//! first three, 2 for bugs.
+
+use std::fmt;
+
+use crate::spec::SpecErrors;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error pretext reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline file (or a `--set` override) is wrong: every problem found, with positions.
+    #[error("{0}")]
+    Spec(SpecErrors),
+    /// The data the pipeline reads is wrong or unreadable (missing column, corrupt file, ...).
+    #[error("{message}{}", hint_suffix(.hint))]
+    Data { message: String, hint: Option<String> },
+    /// The environment refused something (I/O, permissions, a file that exists already, ...).
+    #[error("{message}{}", hint_suffix(.hint))]
+    Env { message: String, hint: Option<String> },
+    /// A broken invariant inside pretext.
+    #[error("internal error: {0}\n  please report this at the pretext issue tracker with the pipeline file")]
+    Internal(String),
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    match hint {
+        Some(h) => format!("\n  hint: {h}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// A problem with the user's data.
+    pub fn data(message: impl fmt::Display) -> Self {
+        Error::Data { message: message.to_string(), hint: None }
+    }
+
+    /// A problem with the user's data, and what to do about it.
+    pub fn data_hint(message: impl fmt::Display, hint: impl fmt::Display) -> Self {
+        Error::Data { message: message.to_string(), hint: Some(hint.to_string()) }
+    }
+
+    /// A problem with the environment.
+    pub fn env(message: impl fmt::Display) -> Self {
+        Error::Env { message: message.to_string(), hint: None }
+    }
+
+    /// A problem with the environment, and what to do about it.
+    pub fn env_hint(message: impl fmt::Display, hint: impl fmt::Display) -> Self {
+        Error::Env { message: message.to_string(), hint: Some(hint.to_string()) }
+    }
+
+    /// An I/O failure on `path`.
+    pub fn io(path: &std::path::Path, action: &str, err: std::io::Error) -> Self {
+        Error::env(format!("cannot {action} `{}`: {err}", path.display()))
+    }
+
+    /// A broken invariant.
+    pub fn internal(message: impl fmt::Display) -> Self {
+        Error::Internal(message.to_string())
+    }
+
+    /// Process exit code: 1 when the user must act, 2 for bugs.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Internal(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(err: datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError as D;
+        match err {
+            D::External(e) => match e.downcast::<Error>() {
+                Ok(inner) => *inner,
+                Err(e) => Error::data(e),
+            },
+            D::Context(ctx, inner) => match Error::from(*inner) {
+                Error::Data { message, hint } => Error::Data { message: format!("{ctx}: {message}"), hint },
+                other => other,
+            },
+            D::Internal(m) => Error::Internal(m),
+            D::IoError(e) => Error::env(e),
+            other => Error::data(other),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(err: arrow::error::ArrowError) -> Self {
+        match err {
+            arrow::error::ArrowError::ExternalError(e) => match e.downcast::<Error>() {
+                Ok(inner) => *inner,
+                Err(e) => Error::data(e),
+            },
+            other => Error::data(other),
+        }
+    }
+}
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(err: Error) -> Self {
+        datafusion::error::DataFusionError::External(Box::new(err))
+    }
+}

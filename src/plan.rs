@@ -1,0 +1,191 @@
+//! Resolution: a checked [`Pipeline`] becomes a runnable [`Plan`] (files listed and checked,
+//! tokenizer loaded or trained, task configured). All I/O before the stream starts is here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::source::{Shard, Source};
+use crate::spec::{Pipeline, SpecErrors, TaskSpec, TokenizerSpec};
+use crate::task::{mlm::Mlm, Task};
+use crate::tokenize::{train_tokenizer, TextTokenizer};
+
+/// Everything a run needs, resolved.
+pub struct Plan {
+    pub pipeline: Pipeline,
+    pub source: Source,
+    pub tokenizer: TextTokenizer,
+    pub task: Arc<dyn Task>,
+    pub seed: u64,
+    pub epochs: u32,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub shuffle_window: Option<usize>,
+    pub shard: Shard,
+    pub seq_len: usize,
+    pub packing: bool,
+    pub whole_word: bool,
+    pub pad_id: u32,
+    /// Where a trained tokenizer was written (or read back from).
+    pub tokenizer_file: Option<PathBuf>,
+}
+
+/// Options that come from the command rather than the pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Directory where `tokenizer.train` saves (and on resume re-reads) `tokenizer.json`.
+    pub tokenizer_dir: Option<PathBuf>,
+    /// Check only (`pretext validate`): do not train a tokenizer, use the byte vocabulary's
+    /// special tokens in its place.
+    pub check_only: bool,
+}
+
+/// The shard of this process: the spec's, else `RANK` / `WORLD_SIZE`, else the whole.
+fn resolve_shard(pipeline: &Pipeline) -> Result<Shard> {
+    if let Some(s) = pipeline.spec.stream.shard {
+        return Ok(Shard { rank: s.rank as u64, world_size: s.world_size as u64 });
+    }
+    let var = |name: &str| -> Result<Option<u64>> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+                Error::env_hint(
+                    format!("environment variable {name}={v:?} is not a whole number"),
+                    "unset it or set `stream.shard` in the pipeline",
+                )
+            }),
+            Err(_) => Ok(None),
+        }
+    };
+    match (var("RANK")?, var("WORLD_SIZE")?) {
+        (Some(rank), Some(world_size)) if world_size > 0 && rank < world_size => Ok(Shard { rank, world_size }),
+        (Some(rank), Some(world_size)) => Err(Error::env_hint(
+            format!("RANK={rank} with WORLD_SIZE={world_size} is not a valid shard"),
+            "RANK must be below WORLD_SIZE",
+        )),
+        _ => Ok(Shard::WHOLE),
+    }
+}
+
+impl Plan {
+    /// Resolves the pipeline: lists and checks the source, builds the tokenizer and the task.
+    pub async fn build(pipeline: Pipeline, opts: &BuildOptions) -> Result<Arc<Plan>> {
+        let source = Source::open(&pipeline).await?;
+        let shard = resolve_shard(&pipeline)?;
+        let (tokenizer, tokenizer_file) = build_tokenizer(&pipeline, &source, opts).await?;
+        let stream = &pipeline.spec.stream;
+        let (task, seq_len, packing, whole_word, pad_id): (Arc<dyn Task>, _, _, _, _) = match &pipeline.spec.task {
+            TaskSpec::Mlm(m) => {
+                let missing = |what: &str, names: &str| {
+                    Error::Spec(SpecErrors(vec![pipeline.error_at(
+                        &["tokenizer"],
+                        format!(
+                            "the tokenizer ({}) has no {what} token ({names}), which `task.mlm` needs",
+                            tokenizer.description
+                        ),
+                        Some(format!(
+                            "add {names} to the tokenizer's special tokens, or use `tokenizer: {{ bytes: {{}} }}`"
+                        )),
+                    )]))
+                };
+                let mask = tokenizer.specials.mask.ok_or_else(|| missing("mask", "`[MASK]` or `<mask>`"))?;
+                let pad = tokenizer.specials.pad.ok_or_else(|| missing("padding", "`[PAD]` or `<pad>`"))?;
+                let mlm = Mlm::new(m, mask, tokenizer.replacement_pool())?;
+                (Arc::new(mlm), m.seq_len as usize, m.packing, m.whole_word, pad)
+            }
+        };
+        Ok(Arc::new(Plan {
+            seed: pipeline.spec.seed,
+            epochs: stream.epochs,
+            workers: stream.workers.resolve(),
+            batch_size: stream.batch_size as usize,
+            shuffle_window: stream.shuffle.window_rows(),
+            shard,
+            seq_len,
+            packing,
+            whole_word,
+            pad_id,
+            task,
+            tokenizer,
+            tokenizer_file,
+            source,
+            pipeline,
+        }))
+    }
+}
+
+async fn build_tokenizer(
+    pipeline: &Pipeline,
+    source: &Source,
+    opts: &BuildOptions,
+) -> Result<(TextTokenizer, Option<PathBuf>)> {
+    match &pipeline.spec.tokenizer {
+        TokenizerSpec::Bytes(_) => Ok((TextTokenizer::bytes(), None)),
+        TokenizerSpec::File(f) => {
+            let path = pipeline.resolve_path(f);
+            if !path.is_file() {
+                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(
+                    &["tokenizer", "file"],
+                    format!("tokenizer file `{f}` does not exist (resolved to `{}`)", path.display()),
+                    Some("paths are relative to the pipeline file; or use `tokenizer: { bytes: {} }`".into()),
+                )])));
+            }
+            let tok = TextTokenizer::from_file(&path).map_err(|e| match e {
+                Error::Data { message, hint } => {
+                    Error::Spec(SpecErrors(vec![pipeline.error_at(&["tokenizer", "file"], message, hint)]))
+                }
+                other => other,
+            })?;
+            Ok((tok, Some(path)))
+        }
+        TokenizerSpec::Train(_) if opts.check_only => Ok((TextTokenizer::bytes(), None)),
+        TokenizerSpec::Train(t) => {
+            let saved = opts.tokenizer_dir.as_ref().map(|d| d.join("tokenizer.json"));
+            if let Some(p) = saved.as_ref().filter(|p| p.is_file()) {
+                return Ok((TextTokenizer::from_file(p)?, Some(p.clone())));
+            }
+            let texts = sample_texts(source, t.sample_rows as usize).await?;
+            let tok = tokio::task::spawn_blocking({
+                let t = t.clone();
+                move || train_tokenizer(&t, &texts)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("tokenizer training stopped: {e}")))??;
+            let bytes = tok.to_string(false).map_err(|e| Error::internal(format!("serializing the tokenizer: {e}")))?;
+            let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes.as_bytes()));
+            if let Some(p) = &saved {
+                write_atomic(p, bytes.as_bytes())?;
+            }
+            let desc = format!("trained {:?} ({} ids)", t.model, tok.get_vocab_size(true)).to_lowercase();
+            Ok((TextTokenizer::from_hf(tok, desc, Some(hash)), saved))
+        }
+    }
+}
+
+/// The first `n` texts of the whole source, in scan order.
+pub async fn sample_texts(source: &Source, n: usize) -> Result<Vec<String>> {
+    // A copy with its own counters, so sampling does not count as reading.
+    let mut sampler = source.clone();
+    sampler.stats = Default::default();
+    let mut docs = sampler.scan(Shard::WHOLE);
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Some(batch) = docs.next().await else { break };
+        let batch = batch?;
+        let text = batch.column(1).as_string_view();
+        out.extend(text.iter().flatten().take(n - out.len()).map(str::to_string));
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to a hidden temporary file beside `path`, then renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into", e))
+}

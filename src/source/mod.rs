@@ -1,0 +1,367 @@
+//! Rows from the data lake through DataFusion. Files are scanned one at a time in sorted order
+//! (DataFusion does not promise order across partitions), each registered as the table `source`
+//! for the optional SQL, so the scan order — and every key derived from it — is deterministic.
+//!
+//! Output: a [`BatchStream`] with columns `example_key: UInt64` and `text: Utf8View`; rows with a
+//! null or blank text are skipped and counted in [`SourceStats`].
+
+mod files;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringViewArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::*;
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::spec::{Format, Pipeline, SpecErrors};
+use crate::BatchStream;
+pub use files::{format_of, SourceFile};
+
+/// Counters of what the source read, shared with the sink for its summary and manifest.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub rows: AtomicU64,
+    pub null_text: AtomicU64,
+    pub blank_text: AtomicU64,
+    pub documents: AtomicU64,
+}
+
+impl SourceStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rows_read": self.rows.load(Ordering::Relaxed),
+            "skipped_null_text": self.null_text.load(Ordering::Relaxed),
+            "skipped_blank_text": self.blank_text.load(Ordering::Relaxed),
+            "documents": self.documents.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// This process's share: documents whose ordinal (in scan order) is `rank` modulo `world_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: u64,
+    pub world_size: u64,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { rank: 0, world_size: 1 };
+}
+
+/// A resolved source: its files in scan order and how to read them.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub root: PathBuf,
+    pub files: Vec<SourceFile>,
+    pub format: Format,
+    sql: Option<String>,
+    text_column: String,
+    key_column: Option<String>,
+    pub stats: Arc<SourceStats>,
+}
+
+/// Schema of the source stream.
+pub fn doc_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("example_key", DataType::UInt64, false),
+        Field::new("text", DataType::Utf8View, false),
+    ]))
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn new_context() -> SessionContext {
+    // One partition: a file is read front to back, so row order is the file's order.
+    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
+}
+
+impl Source {
+    /// Lists the files and checks, before any output exists, that every file can be read and
+    /// has the configured columns (and that the SQL plans against it).
+    pub async fn open(pipeline: &Pipeline) -> Result<Source> {
+        let (root, files, format) = files::list(pipeline)?;
+        if format == Format::Parquet {
+            files::check_parquet_footers(&files)?;
+        }
+        let spec = &pipeline.spec.source;
+        let source = Source {
+            root,
+            files,
+            format,
+            sql: spec.sql.clone(),
+            text_column: spec.text_column.clone(),
+            key_column: spec.key_column.clone(),
+            stats: Arc::new(SourceStats::default()),
+        };
+        let ctx = new_context();
+        let mut errors = Vec::new();
+        for f in &source.files {
+            let df = match source.frame(&ctx, f).await {
+                Ok(df) => df,
+                Err(FrameError::Sql(msg, columns)) => {
+                    errors.push(pipeline.error_at(
+                        &["source", "sql"],
+                        format!("{msg} (planning against `{}`)", f.relative),
+                        Some(format!("the table is called `source`; its columns are: {columns}")),
+                    ));
+                    break;
+                }
+                Err(FrameError::Read(e)) => {
+                    return Err(Error::data_hint(
+                        format!("cannot read `{}`: {e}", f.path.display()),
+                        "check that the file is complete and of the configured `source.format`",
+                    ))
+                }
+            };
+            let schema = df.schema();
+            let columns = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
+            match schema.fields().iter().find(|fl| fl.name() == &source.text_column) {
+                None => errors.push(pipeline.error_at(
+                    &["source", "text_column"],
+                    format!("column `{}` not found in `{}`", source.text_column, f.relative),
+                    Some(format!("the columns are: {}", columns())),
+                )),
+                Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(
+                    &["source", "text_column"],
+                    format!("column `{}` in `{}` is {}, not a string column", source.text_column, f.relative, field.data_type()),
+                    Some(format!("pick a string column, or cast it in `source.sql` (e.g. `SELECT CAST(x AS VARCHAR) AS text FROM source`); the columns are: {}", columns())),
+                )),
+                Some(_) => {}
+            }
+            if let Some(k) = &source.key_column {
+                if !schema.fields().iter().any(|fl| fl.name() == k) {
+                    errors.push(pipeline.error_at(
+                        &["source", "key_column"],
+                        format!("column `{k}` not found in `{}`", f.relative),
+                        Some(format!("the columns are: {}", columns())),
+                    ));
+                }
+            }
+            if !errors.is_empty() {
+                break;
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Spec(SpecErrors(errors)));
+        }
+        Ok(source)
+    }
+
+    /// Total size of the input files in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    async fn frame(&self, ctx: &SessionContext, f: &SourceFile) -> std::result::Result<DataFrame, FrameError> {
+        let path = f.path.to_string_lossy().to_string();
+        let ext = f.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let df = match self.format {
+            Format::Parquet => {
+                ctx.read_parquet(path, ParquetReadOptions { file_extension: &ext, ..Default::default() }).await
+            }
+            Format::Arrow => {
+                ctx.read_arrow(
+                    path,
+                    datafusion::datasource::file_format::options::ArrowReadOptions {
+                        file_extension: &ext,
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+            Format::Csv => ctx.read_csv(path, CsvReadOptions { file_extension: &ext, ..Default::default() }).await,
+            Format::Jsonl => ctx.read_json(path, JsonReadOptions { file_extension: &ext, ..Default::default() }).await,
+        }
+        .map_err(FrameError::Read)?;
+        let mut df = df;
+        for (k, v) in &f.partitions {
+            if df.schema().fields().iter().all(|fl| fl.name() != k) {
+                df = df.with_column(k, lit(v.clone())).map_err(FrameError::Read)?;
+            }
+        }
+        let Some(sql) = &self.sql else { return Ok(df) };
+        let columns = df.schema().fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
+        let _ = ctx.deregister_table("source");
+        ctx.register_table("source", df.into_view()).map_err(FrameError::Read)?;
+        ctx.sql(sql).await.map_err(|e| FrameError::Sql(e.strip_backtrace().to_string(), columns))
+    }
+
+    /// Streams the documents of `shard`, lazily: nothing is read before the first poll.
+    pub fn scan(&self, shard: Shard) -> BatchStream {
+        let state =
+            ScanState { source: self.clone(), ctx: new_context(), next_file: 0, current: None, ordinal: 0, shard };
+        let stream = futures::stream::try_unfold(state, |mut st| async move {
+            loop {
+                if let Some((stream, file_idx, row)) = st.current.as_mut() {
+                    match stream.next().await {
+                        Some(batch) => {
+                            let batch = batch.map_err(|e| {
+                                Error::data(format!(
+                                    "reading `{}`: {}",
+                                    st.source.files[*file_idx].path.display(),
+                                    Error::from(e)
+                                ))
+                            })?;
+                            let start = *row;
+                            *row += batch.num_rows() as u64;
+                            let fi = *file_idx;
+                            let out = st.documents(&batch, fi, start)?;
+                            if out.num_rows() > 0 {
+                                return Ok(Some((out, st)));
+                            }
+                            continue;
+                        }
+                        None => st.current = None,
+                    }
+                }
+                if st.next_file >= st.source.files.len() {
+                    return Ok(None);
+                }
+                let fi = st.next_file;
+                st.next_file += 1;
+                let f = st.source.files[fi].clone();
+                let df = st.source.frame(&st.ctx, &f).await.map_err(|e| match e {
+                    FrameError::Read(e) => {
+                        Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace()))
+                    }
+                    FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
+                })?;
+                let stream: SendableRecordBatchStream = df
+                    .execute_stream()
+                    .await
+                    .map_err(|e| Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())))?;
+                st.current = Some((stream, fi, 0));
+            }
+        })
+        .map(|r: Result<RecordBatch>| r.map_err(datafusion::error::DataFusionError::from));
+        Box::pin(RecordBatchStreamAdapter::new(doc_schema(), stream))
+    }
+}
+
+enum FrameError {
+    Read(datafusion::error::DataFusionError),
+    Sql(String, String),
+}
+
+struct ScanState {
+    source: Source,
+    ctx: SessionContext,
+    next_file: usize,
+    current: Option<(SendableRecordBatchStream, usize, u64)>,
+    ordinal: u64,
+    shard: Shard,
+}
+
+impl ScanState {
+    /// Keys, blank/null filtering and sharding for one batch of file `fi` starting at `row`.
+    fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
+        let src = &self.source;
+        let n = batch.num_rows();
+        src.stats.rows.fetch_add(n as u64, Ordering::Relaxed);
+        let text = batch.column_by_name(&src.text_column).ok_or_else(|| {
+            Error::data(format!("column `{}` disappeared from `{}`", src.text_column, src.files[fi].relative))
+        })?;
+        let text = arrow::compute::cast(text, &DataType::Utf8View)?;
+        let text = text.as_string_view();
+        let keys: Vec<u64> = match &src.key_column {
+            Some(k) => {
+                let col = batch.column_by_name(k).ok_or_else(|| {
+                    Error::data(format!("column `{k}` disappeared from `{}`", src.files[fi].relative))
+                })?;
+                key_values(col)?
+            }
+            None => {
+                let file_seed = xxhash_rust::xxh3::xxh3_64(src.files[fi].relative.as_bytes());
+                (0..n as u64)
+                    .map(|i| xxhash_rust::xxh3::xxh3_64_with_seed(&(row + i).to_le_bytes(), file_seed))
+                    .collect()
+            }
+        };
+        let mut keep = Vec::with_capacity(n);
+        let (mut nulls, mut blanks, mut docs) = (0u64, 0u64, 0u64);
+        for i in 0..n {
+            let ok = if text.is_null(i) {
+                nulls += 1;
+                false
+            } else if text.value(i).trim().is_empty() {
+                blanks += 1;
+                false
+            } else {
+                let mine = self.ordinal % self.shard.world_size == self.shard.rank;
+                self.ordinal += 1;
+                docs += mine as u64;
+                mine
+            };
+            keep.push(ok);
+        }
+        src.stats.null_text.fetch_add(nulls, Ordering::Relaxed);
+        src.stats.blank_text.fetch_add(blanks, Ordering::Relaxed);
+        src.stats.documents.fetch_add(docs, Ordering::Relaxed);
+        let mask = BooleanArray::from(keep);
+        let keys: ArrayRef = Arc::new(UInt64Array::from(keys));
+        let keys = arrow::compute::filter(&keys, &mask)?;
+        let text = arrow::compute::filter(text as &dyn Array, &mask)?;
+        // Filtering keeps the view buffers; drop the validity so the column is non-null.
+        let text: StringViewArray = text.as_string_view().clone();
+        let (views, buffers, _) = text.into_parts();
+        let text = StringViewArray::try_new(views, buffers, None)?;
+        Ok(RecordBatch::try_new(doc_schema(), vec![keys, Arc::new(text)])?)
+    }
+}
+
+/// The example key of each row from the key column: integers as themselves (negative values
+/// reinterpreted as u64), anything else a stable xxh3 hash of its string form.
+fn key_values(col: &ArrayRef) -> Result<Vec<u64>> {
+    use arrow::datatypes::*;
+    let n = col.len();
+    let ints: Option<Vec<u64>> = match col.data_type() {
+        DataType::Int8 => {
+            Some(col.as_primitive::<Int8Type>().iter().map(|v| v.unwrap_or_default() as i64 as u64).collect())
+        }
+        DataType::Int16 => {
+            Some(col.as_primitive::<Int16Type>().iter().map(|v| v.unwrap_or_default() as i64 as u64).collect())
+        }
+        DataType::Int32 => {
+            Some(col.as_primitive::<Int32Type>().iter().map(|v| v.unwrap_or_default() as i64 as u64).collect())
+        }
+        DataType::Int64 => Some(col.as_primitive::<Int64Type>().iter().map(|v| v.unwrap_or_default() as u64).collect()),
+        DataType::UInt8 => Some(col.as_primitive::<UInt8Type>().iter().map(|v| v.unwrap_or_default() as u64).collect()),
+        DataType::UInt16 => {
+            Some(col.as_primitive::<UInt16Type>().iter().map(|v| v.unwrap_or_default() as u64).collect())
+        }
+        DataType::UInt32 => {
+            Some(col.as_primitive::<UInt32Type>().iter().map(|v| v.unwrap_or_default() as u64).collect())
+        }
+        DataType::UInt64 => Some(col.as_primitive::<UInt64Type>().iter().map(|v| v.unwrap_or_default()).collect()),
+        _ => None,
+    };
+    if let Some(v) = ints {
+        if col.null_count() > 0 {
+            return Err(Error::data_hint(
+                format!("key column has {} null values", col.null_count()),
+                "every row needs a key: fill the nulls in `source.sql` (e.g. `COALESCE(id, -1)`) or drop `key_column`",
+            ));
+        }
+        return Ok(v);
+    }
+    let strings = arrow::compute::cast(col, &DataType::Utf8View)?;
+    let strings = strings.as_string_view();
+    Ok((0..n)
+        .map(|i| {
+            if strings.is_null(i) {
+                xxhash_rust::xxh3::xxh3_64(b"\xffnull")
+            } else {
+                xxhash_rust::xxh3::xxh3_64(strings.value(i).as_bytes())
+            }
+        })
+        .collect())
+}

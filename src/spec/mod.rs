@@ -1,0 +1,357 @@
+//! The pipeline file: parse YAML (one function, [`yaml::parse`]), apply `--set` overrides, check
+//! everything against the schema generated from the types, then the rules the schema cannot say.
+//! Pure: nothing here touches the file system except reading the pipeline file itself.
+
+mod schema_check;
+mod types;
+pub mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+pub use types::*;
+use yaml::{Kind, Node, Pos};
+
+/// One problem in a pipeline file, before it is tied to a file name.
+#[derive(Debug, Clone)]
+pub struct Issue {
+    /// YAML path, e.g. `["task", "mlm", "mask_prob"]`.
+    pub path: Vec<String>,
+    /// Point at the key (unknown keys) instead of the value.
+    pub at_key: bool,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Issue {
+    pub fn at(path: &[String], message: String, hint: Option<String>) -> Self {
+        Issue { path: path.to_vec(), at_key: false, message, hint }
+    }
+    pub fn at_key(path: &[String], message: String, hint: Option<String>) -> Self {
+        Issue { path: path.to_vec(), at_key: true, message, hint }
+    }
+}
+
+/// One located problem.
+#[derive(Debug, Clone)]
+pub struct SpecError {
+    pub file: String,
+    pub pos: Pos,
+    /// Dotted YAML path (`task.mlm.mask_prob`), empty for the whole file.
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pos {
+            Pos::File { line, col } => write!(f, "error: {}:{line}:{col}: ", self.file)?,
+            Pos::Override(text) => write!(f, "error: --set {text}: ")?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one pipeline file.
+#[derive(Debug, Clone)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        if self.0.len() > 1 {
+            let file = &self.0[0].file;
+            write!(f, "\n{} problems in `{file}`", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl From<SpecErrors> for crate::Error {
+    fn from(e: SpecErrors) -> Self {
+        crate::Error::Spec(e)
+    }
+}
+
+/// A checked pipeline: the typed spec, the resolved tree (defaults filled in) and where it came
+/// from (relative paths in the spec are relative to `base_dir`).
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub spec: PipelineSpec,
+    pub file: PathBuf,
+    pub base_dir: PathBuf,
+    /// Located tree as written (with overrides), used to point at fields in later errors.
+    pub tree: Node,
+}
+
+impl Pipeline {
+    /// A located error about the field at `path` (used by the I/O-side checks after parsing).
+    pub fn error_at(&self, path: &[&str], message: impl Into<String>, hint: Option<String>) -> SpecError {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        SpecError {
+            file: self.file.display().to_string(),
+            pos: self.tree.locate(&path),
+            path: path.join("."),
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// Resolves a path written in the pipeline file (relative to the file's directory).
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The fully resolved spec as JSON (defaults filled in): what the manifest records.
+    pub fn resolved_json(&self) -> Value {
+        serde_json::to_value(&self.spec).expect("spec serializes")
+    }
+
+    /// Stable hash of everything that determines the examples (not where they are written).
+    pub fn content_hash(&self) -> u64 {
+        let mut v = self.resolved_json();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("export");
+            o.remove("train");
+            o.remove("name");
+            if let Some(stream) = o.get_mut("stream").and_then(Value::as_object_mut) {
+                // Worker count and batch size change neither the examples nor the order.
+                stream.remove("workers");
+                stream.remove("batch_size");
+            }
+        }
+        xxhash_rust::xxh3::xxh3_64(canonical_json(&v).as_bytes())
+    }
+}
+
+/// JSON with sorted keys, so hashes do not depend on field order.
+pub fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let body: Vec<String> =
+                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical_json(&m[*k]))).collect();
+            format!("{{{}}}", body.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+/// The JSON Schema of the pipeline file.
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(PipelineSpec);
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
+/// The closest candidate to `word`, when one is close enough to be a likely misspelling.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let close = candidates
+        .iter()
+        .map(|c| (*c, strsim::damerau_levenshtein(&word, c)))
+        .filter(|(c, d)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(_, d)| *d)
+        .map(|(c, _)| c);
+    // A truncated key (`vocab` for `vocab_size`) is far by edit distance but obvious.
+    close.or_else(|| candidates.into_iter().find(|c| word.len() >= 3 && (c.starts_with(&word) || word.starts_with(c))))
+}
+
+/// Reads, overrides and checks a pipeline file. Every problem is reported at once.
+pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline, crate::Error> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        crate::Error::env_hint(
+            format!("cannot read pipeline file `{}`: {e}", file.display()),
+            "check the path; pipelines usually live in `pipelines/*.yaml`",
+        )
+    })?;
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    load_str(&text, &file.display().to_string(), base_dir, overrides).map_err(crate::Error::Spec)
+}
+
+/// [`load`] on text already in memory; `file` is the name used in messages.
+pub fn load_str(text: &str, file: &str, base_dir: PathBuf, overrides: &[String]) -> Result<Pipeline, SpecErrors> {
+    let err = |pos: Pos, path: String, message: String, hint: Option<String>| SpecError {
+        file: file.to_string(),
+        pos,
+        path,
+        message,
+        hint,
+    };
+    let mut tree = match yaml::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(SpecErrors(vec![err(
+                Pos::File { line: e.line, col: e.col },
+                String::new(),
+                format!("invalid YAML: {}", e.message),
+                Some("check indentation and that every `key: value` pair is on its own line".into()),
+            )]))
+        }
+    };
+    let mut errors = Vec::new();
+    for o in overrides {
+        if let Err(e) = apply_override(&mut tree, o) {
+            errors.push(err(
+                Pos::Override(o.clone()),
+                String::new(),
+                e,
+                Some("write overrides as `--set section.key=value`, e.g. `--set stream.batch_size=64`".into()),
+            ));
+        }
+    }
+    if !matches!(tree.kind, Kind::Map(_)) {
+        errors.push(err(
+            tree.pos.clone(),
+            String::new(),
+            "a pipeline file must be a map of sections".into(),
+            Some("start with `name:`, `source:` and `task:`".into()),
+        ));
+        return Err(SpecErrors(errors));
+    }
+    let schema = json_schema();
+    let mut issues = Vec::new();
+    schema_check::check(&tree, &schema, &mut issues);
+    let locate = |issues: Vec<Issue>, tree: &Node| -> Vec<SpecError> {
+        issues
+            .into_iter()
+            .map(|i| {
+                let pos = if i.at_key { tree.locate_key(&i.path) } else { tree.locate(&i.path) };
+                err(pos, i.path.join("."), i.message, i.hint)
+            })
+            .collect()
+    };
+    errors.extend(locate(issues, &tree));
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    let spec: PipelineSpec = match serde_json::from_value(tree.to_json()) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(SpecErrors(vec![err(tree.pos.clone(), String::new(), format!("{e}"), None)]));
+        }
+    };
+    let issues = rules(&spec);
+    errors.extend(locate(issues, &tree));
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    Ok(Pipeline { spec, file: PathBuf::from(file), base_dir, tree })
+}
+
+/// Rules the schema cannot express: combinations of fields.
+fn rules(spec: &PipelineSpec) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    match &spec.task {
+        TaskSpec::Mlm(m) => {
+            if m.mask_token_prob + m.random_token_prob > 1.0 + 1e-9 {
+                issues.push(Issue::at(
+                    &p(&["task", "mlm", "random_token_prob"]),
+                    format!(
+                        "mask_token_prob ({}) + random_token_prob ({}) is more than 1",
+                        m.mask_token_prob, m.random_token_prob
+                    ),
+                    Some(
+                        "the two shares split the selected tokens; the rest stay unchanged (HuggingFace: 0.8 and 0.1)"
+                            .into(),
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(shard) = spec.stream.shard {
+        if shard.rank >= shard.world_size {
+            issues.push(Issue::at(
+                &p(&["stream", "shard", "rank"]),
+                format!("rank {} is not below world_size {}", shard.rank, shard.world_size),
+                Some("ranks count from 0: use 0 … world_size - 1".into()),
+            ));
+        }
+    }
+    if spec.source.text_column.trim().is_empty() {
+        issues.push(Issue::at(
+            &p(&["source", "text_column"]),
+            "empty column name".into(),
+            Some("name the string column that holds the text".into()),
+        ));
+    }
+    if spec.source.path.trim().is_empty() {
+        issues.push(Issue::at(
+            &p(&["source", "path"]),
+            "empty path".into(),
+            Some("a Parquet file, a directory or a glob such as `data/*.parquet`".into()),
+        ));
+    }
+    if let Some(sql) = &spec.source.sql {
+        if sql.trim().is_empty() {
+            issues.push(Issue::at(
+                &p(&["source", "sql"]),
+                "empty SQL".into(),
+                Some("remove `sql:` or write a query over the table `source`".into()),
+            ));
+        }
+    }
+    issues
+}
+
+/// Applies `a.b.c=value`: the value is parsed as YAML (so `8`, `true`, `[1, 2]` and
+/// `{window_rows: 64}` work) and placed at the path, creating maps on the way.
+fn apply_override(tree: &mut Node, text: &str) -> Result<(), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` has no `=`"))?;
+    let path: Vec<&str> = key.trim().split('.').collect();
+    if path.iter().any(|s| s.is_empty()) {
+        return Err(format!("`{key}` is not a dotted key path"));
+    }
+    let value = yaml::parse_override_value(value, text).map_err(|e| format!("cannot parse the value: {e}"))?;
+    let pos = Pos::Override(text.to_string());
+    let mut node = tree;
+    for (i, seg) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        if !matches!(node.kind, Kind::Map(_)) {
+            // Replacing a scalar with a map: e.g. `--set shuffle.window_rows=8` when `shuffle: false`.
+            *node = Node { pos: pos.clone(), kind: Kind::Map(Vec::new()) };
+        }
+        let Kind::Map(entries) = &mut node.kind else { unreachable!() };
+        let idx = match entries.iter().position(|(k, _, _)| k == seg) {
+            Some(i) => i,
+            None => {
+                entries.push((seg.to_string(), pos.clone(), Node { pos: pos.clone(), kind: Kind::Map(Vec::new()) }));
+                entries.len() - 1
+            }
+        };
+        if last {
+            entries[idx].1 = pos.clone();
+            entries[idx].2 = value;
+            return Ok(());
+        }
+        node = &mut entries[idx].2;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! The data plane: source documents → tokenized (parallel, ordered) → packed rows → task
+//! examples (parallel, ordered) → shuffle window → batches, for every epoch. Every stage is a
+//! lazy [`BatchStream`]; CPU work runs on the blocking pool through [`SpawnedTask`], at most
+//! `workers` batches in flight, results in input order, so output never depends on timing.
+
+mod pack;
+mod shuffle;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Int32Array, Int8Array, ListArray, RecordBatch, UInt64Array};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, StreamExt};
+
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::task::TaskContext;
+use crate::tokenize::{Encoded, TextTokenizer};
+use crate::BatchStream;
+pub use pack::{row_key, rows_schema, Packer};
+pub use shuffle::{Rebatch, WindowShuffle};
+
+/// Schema of tokenized documents: `example_key`, `input_ids: List<Int32>`,
+/// `special_tokens_mask: List<Int8>` and, when asked for, `word_ids: List<Int32>`.
+pub fn tokens_schema(words: bool) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("example_key", DataType::UInt64, false),
+        Field::new("input_ids", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), false),
+        Field::new("special_tokens_mask", DataType::List(Arc::new(Field::new("item", DataType::Int8, false))), false),
+    ];
+    if words {
+        fields.push(Field::new(
+            "word_ids",
+            DataType::List(Arc::new(Field::new("item", DataType::Int32, false))),
+            false,
+        ));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Builds a tokenized batch from plain vectors (tests and benches).
+pub fn tokenized_batch(keys: &[u64], ids: &[Vec<i32>], special: &[Vec<i8>], words: Option<&[Vec<i32>]>) -> RecordBatch {
+    let offsets = OffsetBuffer::from_lengths(ids.iter().map(Vec::len));
+    let mut cols: Vec<Arc<dyn Array>> = vec![
+        Arc::new(UInt64Array::from(keys.to_vec())),
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Int32, false)),
+            offsets.clone(),
+            Arc::new(Int32Array::from(ids.concat())),
+            None,
+        )),
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Int8, false)),
+            offsets.clone(),
+            Arc::new(Int8Array::from(special.concat())),
+            None,
+        )),
+    ];
+    if let Some(w) = words {
+        cols.push(Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Int32, false)),
+            offsets,
+            Arc::new(Int32Array::from(w.concat())),
+            None,
+        )));
+    }
+    RecordBatch::try_new(tokens_schema(words.is_some()), cols).expect("consistent test batch")
+}
+
+/// Tokenizes one batch of documents (`example_key`, `text`).
+pub fn tokenize_batch(
+    tok: &TextTokenizer,
+    batch: &RecordBatch,
+    max_len: Option<usize>,
+    words: bool,
+) -> Result<RecordBatch> {
+    let keys = batch.column(0).clone();
+    let text = batch.column(1).as_string_view();
+    let mut enc = Encoded::default();
+    let mut offsets = Vec::with_capacity(text.len() + 1);
+    offsets.push(0i32);
+    for i in 0..text.len() {
+        tok.encode_into(text.value(i), max_len, words, &mut enc)?;
+        let end = i32::try_from(enc.ids.len())
+            .map_err(|_| Error::data("a batch of documents has more than 2^31 tokens; lower the source batch size"))?;
+        offsets.push(end);
+    }
+    let offsets = OffsetBuffer::new(offsets.into());
+    let mut cols: Vec<Arc<dyn Array>> = vec![
+        keys,
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Int32, false)),
+            offsets.clone(),
+            Arc::new(Int32Array::from(enc.ids)),
+            None,
+        )),
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Int8, false)),
+            offsets.clone(),
+            Arc::new(Int8Array::from(enc.special)),
+            None,
+        )),
+    ];
+    if words {
+        cols.push(Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Int32, false)),
+            offsets,
+            Arc::new(Int32Array::from(enc.words)),
+            None,
+        )));
+    }
+    Ok(RecordBatch::try_new(tokens_schema(words), cols)?)
+}
+
+/// Applies `f` to every batch on the blocking pool, `workers` at a time, keeping input order.
+pub fn ordered_map<F>(input: BatchStream, schema: SchemaRef, workers: usize, f: F) -> BatchStream
+where
+    F: Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let out = input
+        .map(move |item| {
+            let f = f.clone();
+            async move {
+                let batch = item?;
+                let task = SpawnedTask::spawn_blocking(move || f(batch));
+                match task.join_unwind().await {
+                    Ok(r) => r.map_err(DataFusionError::from),
+                    Err(e) => Err(DataFusionError::from(Error::internal(format!("worker stopped: {e}")))),
+                }
+            }
+        })
+        .buffered(workers.max(1));
+    Box::pin(RecordBatchStreamAdapter::new(schema, out))
+}
+
+/// A stream transform with state and an end-of-stream flush.
+fn stateful<S, P, F, Fut>(input: BatchStream, schema: SchemaRef, state: S, push: P, finish: F) -> BatchStream
+where
+    S: Send + 'static,
+    P: FnMut(&mut S, RecordBatch) -> Result<Vec<RecordBatch>> + Send + 'static,
+    F: FnOnce(S) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Vec<RecordBatch>>> + Send + 'static,
+{
+    struct St<S, P, F> {
+        input: BatchStream,
+        state: Option<(S, P, F)>,
+    }
+    let s = futures::stream::unfold(St { input, state: Some((state, push, finish)) }, |mut st| async move {
+        let (state, push, _) = st.state.as_mut()?;
+        match st.input.next().await {
+            Some(Ok(batch)) => {
+                let r = push(state, batch);
+                if r.is_err() {
+                    st.state = None;
+                }
+                Some((r, st))
+            }
+            Some(Err(e)) => {
+                st.state = None;
+                Some((Err(Error::from(e)), st))
+            }
+            None => {
+                let (state, _, finish) = st.state.take()?;
+                Some((finish(state).await, st))
+            }
+        }
+    })
+    .map(|r: Result<Vec<RecordBatch>>| match r {
+        Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).left_stream(),
+        Err(e) => futures::stream::iter(std::iter::once(Err(DataFusionError::from(e)))).right_stream(),
+    })
+    .flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, s))
+}
+
+fn adapt(
+    schema: SchemaRef,
+    s: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Send + 'static,
+) -> BatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(schema, s))
+}
+
+impl Plan {
+    /// Examples of one epoch, before shuffling and batching.
+    pub fn epoch_examples(self: &Arc<Self>, epoch: u32) -> BatchStream {
+        let docs = self.source.scan(self.shard);
+        let tok = self.tokenizer.clone();
+        let max_len = if self.packing { None } else { Some(self.seq_len) };
+        let words = self.whole_word;
+        let tokens =
+            ordered_map(docs, tokens_schema(words), self.workers, move |b| tokenize_batch(&tok, &b, max_len, words));
+        let packer = Packer::new(self.seq_len, self.packing, words, self.pad_id);
+        let rows = stateful(
+            tokens,
+            packer.schema(),
+            packer,
+            |p, b| Ok(p.push(&b)?.into_iter().collect()),
+            |mut p| async move { Ok(p.finish()?.into_iter().collect()) },
+        );
+        let task = self.task.clone();
+        let cx = TaskContext { seed: self.seed, epoch };
+        ordered_map(rows, self.task.output_schema(), self.workers, move |b| {
+            let keys = b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+            task.apply(&b, &keys, &cx)
+        })
+    }
+
+    /// Every epoch's examples, shuffled when configured, in batches of `batch_size`.
+    pub fn stream(self: &Arc<Self>) -> BatchStream {
+        let schema = self.task.output_schema();
+        let plan = self.clone();
+        let epochs = futures::stream::iter(0..self.epochs).map(move |epoch| {
+            let examples = plan.epoch_examples(epoch);
+            match plan.shuffle_window {
+                None => examples,
+                Some(w) => {
+                    let sh = WindowShuffle::new(plan.task.output_schema(), w, plan.seed, epoch);
+                    stateful(
+                        examples,
+                        plan.task.output_schema(),
+                        sh,
+                        |s, b| s.push(b),
+                        |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
+                    )
+                }
+            }
+        });
+        let all = adapt(schema.clone(), epochs.flatten());
+        let rb = Rebatch::new(schema.clone(), self.batch_size);
+        stateful(all, schema, rb, |r, b| r.push(b), |mut r| async move { Ok(r.flush()?.into_iter().collect()) })
+    }
+}

@@ -1,0 +1,68 @@
+//! Pretext objectives. A [`Task`] turns a batch of fixed-length token rows into examples; it is
+//! stateless per batch and draws every random decision from a per-example RNG seeded by
+//! `(seed, epoch, example_key)`, so output never depends on how work was split across threads.
+
+pub mod mlm;
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Int32Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::error::{Error, Result};
+
+/// What a task may depend on besides its batch.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskContext {
+    pub seed: u64,
+    pub epoch: u32,
+}
+
+impl TaskContext {
+    /// The RNG of one example: a pure function of `(seed, epoch, key)`.
+    pub fn rng(&self, key: u64) -> Xoshiro256PlusPlus {
+        let mut bytes = [0u8; 20];
+        bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.epoch.to_le_bytes());
+        bytes[12..].copy_from_slice(&key.to_le_bytes());
+        Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64(&bytes))
+    }
+}
+
+/// A pretext objective applied to rows of `seq_len` tokens.
+pub trait Task: Send + Sync {
+    /// The Arrow schema of the examples this task produces.
+    fn output_schema(&self) -> SchemaRef;
+    /// Turns token rows (see [`crate::stream::rows_schema`]) into examples. `keys` are the rows'
+    /// `example_key`s, the only input to their randomness besides `cx`.
+    fn apply(&self, batch: &RecordBatch, keys: &[u64], cx: &TaskContext) -> Result<RecordBatch>;
+}
+
+/// A non-null `FixedSizeList<Int32>` column of `width` from contiguous values (no per-element work).
+pub fn fixed_list(values: Vec<i32>, width: usize) -> ArrayRef {
+    let field = Arc::new(Field::new("item", DataType::Int32, false));
+    Arc::new(FixedSizeListArray::new(field, width as i32, Arc::new(Int32Array::from(values)), None))
+}
+
+/// The field of a `FixedSizeList<Int32>` column of `width`.
+pub fn fixed_list_field(name: &str, width: usize) -> Field {
+    Field::new(name, DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Int32, false)), width as i32), false)
+}
+
+/// The flat values of a `FixedSizeList<Int32>` column.
+pub fn list_values<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i32]> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::internal(format!("column `{name}` missing from task input")))?;
+    let list = col.as_fixed_size_list_opt().ok_or_else(|| {
+        Error::internal(format!("column `{name}` is {}, expected a fixed-size list", col.data_type()))
+    })?;
+    let values = list
+        .values()
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| Error::internal(format!("column `{name}` does not hold Int32")))?;
+    let start = list.offset() * list.value_length() as usize;
+    Ok(&values.values()[start..start + list.len() * list.value_length() as usize])
+}

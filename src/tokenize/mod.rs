@@ -1,0 +1,290 @@
+//! Text → token ids. One [`TextTokenizer`] wraps either a HuggingFace `tokenizer.json` (through the
+//! `tokenizers` crate) or the built-in byte vocabulary, and knows its special tokens.
+
+mod train;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokenizers::{PostProcessor, TruncationDirection};
+
+use crate::error::{Error, Result};
+pub use train::train_tokenizer;
+
+/// Ids of the special tokens pretext needs (those the tokenizer has).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Specials {
+    pub pad: Option<u32>,
+    pub unk: Option<u32>,
+    pub cls: Option<u32>,
+    pub sep: Option<u32>,
+    pub mask: Option<u32>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+}
+
+/// Number of byte ids in the built-in vocabulary; special tokens follow them.
+pub const BYTE_VOCAB: u32 = 256;
+const BYTE_SPECIALS: [&str; 7] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"];
+
+#[derive(Clone)]
+enum Backend {
+    Bytes,
+    Hf(Arc<tokenizers::Tokenizer>),
+}
+
+/// Token ids of one document, appended to reusable buffers (no allocation per token).
+#[derive(Debug, Default, Clone)]
+pub struct Encoded {
+    pub ids: Vec<i32>,
+    /// 1 for special tokens (added by the post-processor or listed as special), 0 otherwise.
+    pub special: Vec<i8>,
+    /// Word index inside the document (−1 for special tokens); only filled when asked for.
+    pub words: Vec<i32>,
+}
+
+impl Encoded {
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.special.clear();
+        self.words.clear();
+    }
+}
+
+/// A tokenizer with its special tokens resolved. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct TextTokenizer {
+    backend: Backend,
+    pub specials: Specials,
+    /// Ids that are special (never masked, never drawn as random replacements), sorted.
+    pub special_ids: Vec<u32>,
+    pub vocab_size: u32,
+    /// Human-readable description for the manifest and messages.
+    pub description: String,
+    /// xxh3 of the tokenizer.json bytes (`None` for the built-in vocabulary).
+    pub file_hash: Option<String>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("description", &self.description)
+            .field("vocab_size", &self.vocab_size)
+            .finish()
+    }
+}
+
+impl TextTokenizer {
+    /// The built-in byte-level vocabulary: ids 0–255 are bytes, then
+    /// `[PAD] [UNK] [CLS] [SEP] [MASK] [BOS] [EOS]` (256–262).
+    pub fn bytes() -> Self {
+        let id = |name: &str| BYTE_SPECIALS.iter().position(|s| *s == name).map(|i| BYTE_VOCAB + i as u32);
+        TextTokenizer {
+            backend: Backend::Bytes,
+            specials: Specials {
+                pad: id("[PAD]"),
+                unk: id("[UNK]"),
+                cls: id("[CLS]"),
+                sep: id("[SEP]"),
+                mask: id("[MASK]"),
+                bos: id("[BOS]"),
+                eos: id("[EOS]"),
+            },
+            special_ids: (BYTE_VOCAB..BYTE_VOCAB + BYTE_SPECIALS.len() as u32).collect(),
+            vocab_size: BYTE_VOCAB + BYTE_SPECIALS.len() as u32,
+            description: "bytes (256 byte ids + 7 special tokens)".into(),
+            file_hash: None,
+        }
+    }
+
+    /// Loads a HuggingFace `tokenizer.json`. Its padding and truncation settings are dropped:
+    /// pretext owns sequence lengths.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::env_hint(
+                format!("cannot read tokenizer `{}`: {e}", path.display()),
+                "point `tokenizer.file` at a HuggingFace tokenizer.json, or use `tokenizer: { bytes: {} }`",
+            )
+        })?;
+        let tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+            Error::data_hint(
+                format!("`{}` is not a HuggingFace tokenizer.json: {e}", path.display()),
+                "save one with `tokenizer.save(\"tokenizer.json\")` in Python (`tokenizers` or `transformers`), or use `tokenizer: { bytes: {} }`",
+            )
+        })?;
+        let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+        Ok(Self::from_hf(tok, format!("file {}", path.display()), Some(hash)))
+    }
+
+    /// Wraps an in-memory HuggingFace tokenizer.
+    pub fn from_hf(mut tok: tokenizers::Tokenizer, description: String, file_hash: Option<String>) -> Self {
+        let _ = tok.with_truncation(None);
+        tok.with_padding(None);
+        let added = tok.get_added_tokens_decoder();
+        let mut special_ids: Vec<u32> = added.iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
+        special_ids.sort_unstable();
+        let find = |names: &[&str]| names.iter().find_map(|n| tok.token_to_id(n));
+        let specials = Specials {
+            pad: find(&["[PAD]", "<pad>", "<|pad|>", "<|padding|>"]),
+            unk: find(&["[UNK]", "<unk>", "<|unk|>"]),
+            cls: find(&["[CLS]", "<s>", "<|startoftext|>"]),
+            sep: find(&["[SEP]", "</s>", "<|endoftext|>"]),
+            mask: find(&["[MASK]", "<mask>", "<MASK>", "<|mask|>"]),
+            bos: find(&["[BOS]", "<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>"]),
+            eos: find(&["[EOS]", "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"]),
+        };
+        for id in
+            [specials.pad, specials.cls, specials.sep, specials.mask, specials.bos, specials.eos].into_iter().flatten()
+        {
+            if let Err(i) = special_ids.binary_search(&id) {
+                special_ids.insert(i, id);
+            }
+        }
+        let vocab_size = tok.get_vocab_size(true) as u32;
+        TextTokenizer { backend: Backend::Hf(Arc::new(tok)), specials, special_ids, vocab_size, description, file_hash }
+    }
+
+    /// The HuggingFace tokenizer inside, when there is one.
+    pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
+        match &self.backend {
+            Backend::Hf(t) => Some(t),
+            Backend::Bytes => None,
+        }
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.binary_search(&id).is_ok()
+    }
+
+    /// Appends the tokens of `text` (with the tokenizer's special tokens, e.g. `[CLS] … [SEP]`),
+    /// truncated to `max_len` tokens in total when given. Word indices are filled when `words`.
+    pub fn encode_into(&self, text: &str, max_len: Option<usize>, words: bool, out: &mut Encoded) -> Result<()> {
+        match &self.backend {
+            Backend::Bytes => {
+                let (cls, sep) = (self.specials.cls, self.specials.sep);
+                let room = max_len.map(|m| m.saturating_sub(2)).unwrap_or(usize::MAX);
+                let body = &text.as_bytes()[..text.len().min(room)];
+                if let Some(c) = cls {
+                    push_special(out, c, words);
+                }
+                out.ids.extend(body.iter().map(|&b| b as i32));
+                out.special.extend(std::iter::repeat_n(0, body.len()));
+                if words {
+                    let mut word = -1i32;
+                    let mut prev_space = true;
+                    for &b in body {
+                        let space = b.is_ascii_whitespace();
+                        if !space && prev_space {
+                            word += 1;
+                        }
+                        out.words.push(word.max(0));
+                        prev_space = space;
+                    }
+                }
+                if let Some(s) = sep {
+                    push_special(out, s, words);
+                }
+                Ok(())
+            }
+            Backend::Hf(tok) => {
+                let enc = match max_len {
+                    None => tok.encode_fast(text, true),
+                    Some(max) => tok.encode_fast(text, false).and_then(|mut enc| {
+                        let added = tok.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
+                        enc.truncate(max.saturating_sub(added), 0, TruncationDirection::Right);
+                        tok.post_process(enc, None, true)
+                    }),
+                }
+                .map_err(|e| Error::data(format!("tokenizer failed on a text: {e}")))?;
+                let ids = enc.get_ids();
+                out.ids.extend(ids.iter().map(|&i| i as i32));
+                let specials = enc.get_special_tokens_mask();
+                out.special.extend(ids.iter().zip(specials).map(|(&id, &s)| (s != 0 || self.is_special(id)) as i8));
+                if words {
+                    out.words.extend(enc.get_word_ids().iter().map(|w| w.map(|w| w as i32).unwrap_or(-1)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Decodes ids to text, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match &self.backend {
+            Backend::Bytes => {
+                let mut out = String::new();
+                let mut bytes = Vec::new();
+                for &id in ids {
+                    if id < BYTE_VOCAB {
+                        bytes.push(id as u8);
+                    } else {
+                        out.push_str(&String::from_utf8_lossy(&bytes));
+                        bytes.clear();
+                        out.push_str(&self.token(id));
+                    }
+                }
+                out.push_str(&String::from_utf8_lossy(&bytes));
+                out
+            }
+            Backend::Hf(tok) => tok
+                .decode(ids, false)
+                .unwrap_or_else(|_| ids.iter().map(|&i| self.token(i)).collect::<Vec<_>>().join(" ")),
+        }
+    }
+
+    /// The vocabulary entry of one id.
+    pub fn token(&self, id: u32) -> String {
+        match &self.backend {
+            Backend::Bytes if id < BYTE_VOCAB => {
+                let b = id as u8;
+                if b.is_ascii_graphic() || b == b' ' {
+                    (b as char).to_string()
+                } else {
+                    format!("<0x{b:02X}>")
+                }
+            }
+            Backend::Bytes => BYTE_SPECIALS
+                .get((id - BYTE_VOCAB) as usize)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| format!("<{id}>")),
+            Backend::Hf(tok) => tok.id_to_token(id).unwrap_or_else(|| format!("<{id}>")),
+        }
+    }
+
+    /// Ids a random replacement may take: every non-special id.
+    pub fn replacement_pool(&self) -> Vec<i32> {
+        (0..self.vocab_size).filter(|&i| !self.is_special(i)).map(|i| i as i32).collect()
+    }
+}
+
+fn push_special(out: &mut Encoded, id: u32, words: bool) {
+    out.ids.push(id as i32);
+    out.special.push(1);
+    if words {
+        out.words.push(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_add_cls_sep_and_word_ids() {
+        let t = TextTokenizer::bytes();
+        let mut out = Encoded::default();
+        t.encode_into("ab c", None, true, &mut out).unwrap();
+        assert_eq!(out.ids, vec![258, 97, 98, 32, 99, 259]);
+        assert_eq!(out.special, vec![1, 0, 0, 0, 0, 1]);
+        assert_eq!(out.words, vec![-1, 0, 0, 0, 1, -1]);
+        assert_eq!(t.decode(&[258, 97, 259]), "[CLS]a[SEP]");
+    }
+
+    #[test]
+    fn bytes_truncate_keeps_specials() {
+        let t = TextTokenizer::bytes();
+        let mut out = Encoded::default();
+        t.encode_into("abcdef", Some(4), false, &mut out).unwrap();
+        assert_eq!(out.ids, vec![258, 97, 98, 259]);
+    }
+}
