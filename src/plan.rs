@@ -38,6 +38,8 @@ pub struct Plan {
 pub struct BuildOptions {
     /// Directory where `tokenizer.train` saves (and on resume re-reads) `tokenizer.json`.
     pub tokenizer_dir: Option<PathBuf>,
+    /// Reuse a `tokenizer.json` already trained into `tokenizer_dir` (`export --resume`).
+    pub reuse_tokenizer: bool,
     /// Check only (`pretext validate`): do not train a tokenizer, use the byte vocabulary's
     /// special tokens in its place.
     pub check_only: bool,
@@ -143,8 +145,13 @@ async fn build_tokenizer(
         TokenizerSpec::Train(_) if opts.check_only => Ok((TextTokenizer::bytes(), None)),
         TokenizerSpec::Train(t) => {
             let saved = opts.tokenizer_dir.as_ref().map(|d| d.join("tokenizer.json"));
-            if let Some(p) = saved.as_ref().filter(|p| p.is_file()) {
-                return Ok((TextTokenizer::from_file(p)?, Some(p.clone())));
+            let describe = |tok: &tokenizers::Tokenizer| {
+                format!("trained {:?} ({} ids)", t.model, tok.get_vocab_size(true)).to_lowercase()
+            };
+            if let Some(p) = saved.as_ref().filter(|p| opts.reuse_tokenizer && p.is_file()) {
+                let mut tok = TextTokenizer::from_file(p)?;
+                tok.description = tok.hf().map(describe).unwrap_or_default();
+                return Ok((tok, Some(p.clone())));
             }
             let texts = sample_texts(source, t.sample_rows as usize).await?;
             let tok = tokio::task::spawn_blocking({
@@ -158,7 +165,7 @@ async fn build_tokenizer(
             if let Some(p) = &saved {
                 write_atomic(p, bytes.as_bytes())?;
             }
-            let desc = format!("trained {:?} ({} ids)", t.model, tok.get_vocab_size(true)).to_lowercase();
+            let desc = describe(&tok);
             Ok((TextTokenizer::from_hf(tok, desc, Some(hash)), saved))
         }
     }
@@ -169,7 +176,7 @@ pub async fn sample_texts(source: &Source, n: usize) -> Result<Vec<String>> {
     // A copy with its own counters, so sampling does not count as reading.
     let mut sampler = source.clone();
     sampler.stats = Default::default();
-    let mut docs = sampler.scan(Shard::WHOLE);
+    let mut docs = sampler.scan(Shard::WHOLE, crate::source::ScanOptions::default());
     let mut out = Vec::new();
     while out.len() < n {
         let Some(batch) = docs.next().await else { break };

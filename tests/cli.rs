@@ -85,16 +85,24 @@ fn resume_after_interruption_gives_identical_bytes() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.path().join("full/_manifest.json")).unwrap()).unwrap();
     let cut = t.path().join("cut");
-    std::fs::create_dir_all(&cut).unwrap();
+    let staging = cut.join(".pretext-partial");
+    std::fs::create_dir_all(&staging).unwrap();
     let parts = manifest["parts"].as_array().unwrap();
     assert!(parts.len() > 3);
     for part in &parts[..2] {
         let name = part["file"].as_str().unwrap();
-        std::fs::copy(t.path().join("full").join(name), cut.join(name)).unwrap();
+        std::fs::copy(t.path().join("full").join(name), staging.join(name)).unwrap();
     }
-    std::fs::write(cut.join(".part-00002.parquet.tmp"), b"torn").unwrap();
-    let progress = serde_json::json!({"pipeline_hash": manifest["pipeline_hash"], "pipeline": manifest["pipeline"], "parts": parts[..2]});
-    std::fs::write(cut.join("_progress.json"), serde_json::to_vec(&progress).unwrap()).unwrap();
+    std::fs::write(staging.join(".part-00002.parquet.tmp"), b"torn").unwrap();
+    let progress = serde_json::json!({
+        "pipeline_hash": manifest["pipeline_hash"],
+        "fingerprint": manifest["fingerprint"],
+        "pipeline": manifest["pipeline"],
+        "parts": parts[..2],
+    });
+    std::fs::write(staging.join("_progress.json"), serde_json::to_vec(&progress).unwrap()).unwrap();
+    // A reader listing the directory sees no dataset while the export is unfinished.
+    assert!(dir_files(&cut).is_empty());
     // Without --resume: refused. With a different pipeline: refused, naming the field.
     let o = pretext(
         &["export", p.to_str().unwrap(), "--out", "cut", "--set", "stream.shuffle={window_rows: 100}"],
@@ -124,6 +132,55 @@ fn resume_after_interruption_gives_identical_bytes() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("(2 resumed)"), "{}", stderr(&o));
     assert_eq!(dir_files(&cut), full);
+    assert!(!staging.exists());
+    // Resuming a finished export is a no-op; with other data it is refused.
+    let o = pretext(
+        &["export", p.to_str().unwrap(), "--out", "cut", "--resume", "--set", "stream.shuffle={window_rows: 100}"],
+        t.path(),
+    );
+    assert!(o.status.success() && stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+    write_parquet(&t.path().join("data/lang=en/part-1.parquet"), &documents(5, 9));
+    let o = pretext(
+        &["export", p.to_str().unwrap(), "--out", "cut", "--resume", "--set", "stream.shuffle={window_rows: 100}"],
+        t.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("different pipeline or data"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_failure_after_the_first_part_keeps_it_for_resume_but_hides_it() {
+    let t = tempdir();
+    write_parquet(&t.path().join("data/a.parquet"), &documents(200, 1));
+    // The second file's key column has a null: the export fails after finishing parts of the first.
+    std::fs::create_dir_all(t.path().join("data")).unwrap();
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+        arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let batch = arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(arrow::array::Int64Array::from(vec![Some(1000), None])),
+            std::sync::Arc::new(arrow::array::StringArray::from(vec!["a b c", "d e f"])),
+        ],
+    )
+    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(t.path().join("data/b.parquet")).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let p = pipeline(t.path(), "p.yaml", "name: f\nsource: { path: data, key_column: id }\ntask: { mlm: { seq_len: 16 } }\nexport: { rows_per_file: 100 }\n");
+    let o = pretext(&["export", p.to_str().unwrap(), "--out", "out"], t.path());
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("key column `id` in `b.parquet`: 1 null value(s)"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(dir_files(&t.path().join("out")).is_empty(), "parts visible after a failure");
 }
 
 #[test]

@@ -163,3 +163,34 @@ fn a_document_of_several_megabytes_works() {
     assert_eq!(m["tokens"].as_u64().unwrap(), tokens);
     assert_eq!(m["rows"].as_u64().unwrap(), tokens.div_ceil(512));
 }
+
+#[test]
+fn sql_that_is_not_row_wise_is_refused() {
+    let err = fails(
+        "name: x\nsource: { path: data, sql: 'SELECT text FROM source LIMIT 5' }\ntask: { mlm: {} }\n",
+        good_data,
+    );
+    assert!(err.contains("source.sql: LIMIT / OFFSET is not supported"), "{err}");
+    let err = fails(
+        "name: x\nsource: { path: data, sql: 'SELECT max(text) AS text FROM source' }\ntask: { mlm: {} }\n",
+        good_data,
+    );
+    assert!(err.contains("GROUP BY / aggregation is not supported"), "{err}");
+}
+
+#[test]
+fn a_directory_of_mixed_formats_asks_for_one() {
+    let err = fails("name: x\nsource: { path: data }\ntask: { mlm: {} }\n", |d| {
+        good_data(d);
+        std::fs::write(d.join("data/b.jsonl"), "{\"text\": \"x\"}\n").unwrap();
+    });
+    assert!(err.contains("holds files of several formats (jsonl, parquet)"), "{err}");
+    assert!(err.contains("set `source.format`"), "{err}");
+}
+
+#[test]
+fn a_shuffle_window_too_large_for_memory_is_a_spec_error() {
+    let err = fails("name: x\nsource: { path: data }\ntask: { mlm: { seq_len: 4096 } }\nstream: { shuffle: { window_rows: 1000000 } }\n", good_data);
+    assert!(err.contains("stream.shuffle: a shuffle window of 1000000 rows"), "{err}");
+    assert!(err.contains("lower `window_rows` to at most 32768"), "{err}");
+}

@@ -14,16 +14,17 @@ pub fn run(file: &Path, out: Option<PathBuf>, resume: bool, quiet: bool, sets: &
         None => PathBuf::from("out").join(&pipeline.spec.name),
     });
     // Refuse a bad output directory before reading any data.
-    let hash = format!("{:016x}", pipeline.content_hash());
-    if prepare_dir(&dir, resume, &hash, &pipeline.resolved_json())?.is_none() {
-        eprintln!("`{}` already holds the finished export; nothing to do", dir.display());
-        return Ok(0);
-    }
+    prepare_dir(&dir, resume)?;
     let rt = super::runtime()?;
     rt.block_on(async {
-        let plan = Plan::build(pipeline, &BuildOptions { tokenizer_dir: Some(dir.clone()), check_only: false }).await?;
+        let build = BuildOptions { tokenizer_dir: Some(dir.clone()), reuse_tokenizer: resume, check_only: false };
+        let plan = Plan::build(pipeline, &build).await?;
         let opts = ExportOptions { dir, resume, progress_bar: !quiet && std::io::stderr().is_terminal() };
         let report = export(plan.clone(), &opts).await?;
+        if report.already_complete {
+            eprintln!("`{}` already holds this finished export; nothing to do", report.dir.display());
+            return Ok(0);
+        }
         let stats = plan.source.stats.snapshot();
         let skipped = stats["skipped_null_text"].as_u64().unwrap_or(0) + stats["skipped_blank_text"].as_u64().unwrap_or(0);
         if report.rows == 0 {

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::Path;
 
 use futures::StreamExt;
@@ -17,14 +18,22 @@ pub fn run(file: &Path, n: usize, sets: &[String]) -> Result<i32> {
         while shown < n {
             let Some(batch) = stream.next().await else { break };
             let batch = batch?;
-            print!("{}", render_mlm(&plan.tokenizer, &batch, shown, n - shown)?);
+            if !emit(&render_mlm(&plan.tokenizer, &batch, shown, n - shown)?) {
+                return Ok(0);
+            }
             shown += batch.num_rows().min(n - shown);
         }
         if shown == 0 {
             eprintln!("the source produced no examples (skipped: {})", plan.source.stats.snapshot());
         } else {
-            println!("{MLM_LEGEND}");
+            emit(&format!("{MLM_LEGEND}\n"));
         }
         Ok(0)
     })
+}
+
+/// Writes to stdout; `false` when the reader went away (`pretext preview … | head`).
+fn emit(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_ok()
 }

@@ -9,8 +9,9 @@ pub fn run(files: &[PathBuf], sets: &[String]) -> Result<i32> {
     let rt = super::runtime()?;
     let mut failed = 0;
     for file in files {
-        let result = crate::spec::load(file, sets)
-            .and_then(|p| rt.block_on(Plan::build(p, &BuildOptions { tokenizer_dir: None, check_only: true })));
+        let result = crate::spec::load(file, sets).and_then(|p| {
+            rt.block_on(Plan::build(p, &BuildOptions { tokenizer_dir: None, reuse_tokenizer: false, check_only: true }))
+        });
         match result {
             Ok(plan) => println!(
                 "ok: {} ({}, {} {} file(s), tokenizer {})",

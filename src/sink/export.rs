@@ -1,7 +1,12 @@
-//! `pretext export`: the example stream → `part-NNNNN.parquet` files of `rows_per_file` rows,
-//! each written under a hidden temporary name and renamed when complete; `_progress.json` after
-//! every part; `_manifest.json` last. `--resume` regenerates the (deterministic) stream, skips
-//! the rows of the finished parts and writes the rest, giving byte-identical parts.
+//! `pretext export`: the example stream → `part-NNNNN.parquet` files of `rows_per_file` rows.
+//!
+//! While an export runs, everything lives in the hidden `.pretext-partial/` inside the output
+//! directory: parts are written under a temporary name, synced and renamed when complete, and
+//! `_progress.json` lists the finished ones. At the end the parts move into the output directory
+//! and `_manifest.json` is written last, so a reader listing the directory sees either nothing or
+//! the whole dataset. `--resume` checks the fingerprint (pipeline, export settings, tokenizer,
+//! source files, shard) and every finished part's hash, regenerates the deterministic stream,
+//! skips the rows of the finished parts and writes the rest: the bytes equal an uninterrupted run.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -47,14 +52,23 @@ fn part_name(i: usize) -> String {
     format!("part-{i:05}.parquet")
 }
 
-/// Checks the output directory before anything is built. Returns the parts already finished
-/// (when resuming) or `None` when the export is already complete.
-pub fn prepare_dir(
-    dir: &Path,
-    resume: bool,
-    pipeline_hash: &str,
-    pipeline: &serde_json::Value,
-) -> Result<Option<Vec<Part>>> {
+/// The hidden directory holding an export in progress.
+pub const STAGING: &str = ".pretext-partial";
+
+/// What the output directory holds before an export starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputState {
+    /// Nothing yet; `created` when the directory does not exist (removed again on failure).
+    Fresh { created: bool },
+    /// An interrupted export to continue (`--resume`).
+    Interrupted,
+    /// A finished export (`--resume` on it is a no-op once its fingerprint matches).
+    Finished,
+}
+
+/// Checks the output directory before anything is built: refuses a file, a finished or
+/// interrupted export without `--resume`, and a non-empty directory.
+pub fn prepare_dir(dir: &Path, resume: bool) -> Result<OutputState> {
     if dir.is_file() {
         return Err(Error::env_hint(
             format!("the output `{}` is a file, not a directory", dir.display()),
@@ -62,70 +76,34 @@ pub fn prepare_dir(
         ));
     }
     if !dir.exists() {
-        return Ok(Some(Vec::new()));
+        return Ok(OutputState::Fresh { created: true });
     }
     let finished = dir.join(MANIFEST).is_file();
-    let progress = Progress::read(dir)?;
-    if resume {
-        if finished {
-            return Ok(None);
-        }
-        let Some(progress) = progress else {
-            let hint = "an export that never finished a part has nothing to resume: run without `--resume`";
-            if dir_has_data(dir)? {
-                return Err(Error::env_hint(
-                    format!("`{}` holds no `{PROGRESS}`: it is not an interrupted pretext export", dir.display()),
-                    hint,
-                ));
-            }
-            return Ok(Some(Vec::new()));
-        };
-        if progress.pipeline_hash != pipeline_hash {
-            let diff = diff_fields(&progress.pipeline, pipeline);
-            return Err(Error::env_hint(
-                format!("`{}` was exported by a different pipeline (changed: {})", dir.display(), diff.join(", ")),
-                "resume with the same pipeline and overrides, or export to a new directory",
-            ));
-        }
-        for p in &progress.parts {
-            let path = dir.join(&p.file);
-            let len = std::fs::metadata(&path).map(|m| m.len()).ok();
-            if len != Some(p.bytes) {
-                return Err(Error::env_hint(
-                    format!("part `{}` listed in `{PROGRESS}` is missing or changed", path.display()),
-                    "delete the output directory and export again",
-                ));
-            }
-        }
-        remove_temporaries(dir)?;
-        return Ok(Some(progress.parts));
-    }
-    if finished {
-        return Err(Error::env_hint(
+    let interrupted = dir.join(STAGING).join(PROGRESS).is_file();
+    match (finished, interrupted, resume) {
+        (true, _, true) => Ok(OutputState::Finished),
+        (true, _, false) => Err(Error::env_hint(
             format!("`{}` already holds a finished export", dir.display()),
             "delete it, or export to another directory with `--out DIR`",
-        ));
-    }
-    if progress.is_some() {
-        return Err(Error::env_hint(
+        )),
+        (false, true, true) => Ok(OutputState::Interrupted),
+        (false, true, false) => Err(Error::env_hint(
             format!("`{}` holds an interrupted export", dir.display()),
             "continue it with `--resume`, or delete the directory",
-        ));
-    }
-    if dir_has_data(dir)? {
-        return Err(Error::env_hint(
+        )),
+        (false, false, _) if dir_has_data(dir)? => Err(Error::env_hint(
             format!("the output directory `{}` is not empty", dir.display()),
             "export into a new or empty directory (`--out DIR`)",
-        ));
+        )),
+        (false, false, _) => Ok(OutputState::Fresh { created: false }),
     }
-    Ok(Some(Vec::new()))
 }
 
 fn dir_has_data(dir: &Path) -> Result<bool> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
     Ok(entries.filter_map(|e| e.ok()).any(|e| {
         let n = e.file_name().to_string_lossy().to_string();
-        !n.starts_with('.') && n != "tokenizer.json"
+        n != STAGING && n != "tokenizer.json" && !(n.starts_with('.') && n.ends_with(".tmp"))
     }))
 }
 
@@ -134,6 +112,43 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
         let n = e.file_name().to_string_lossy().to_string();
         if n.starts_with('.') && n.ends_with(".tmp") {
             std::fs::remove_file(e.path()).map_err(|err| Error::io(&e.path(), "remove", err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything that decides the exported bytes, hashed: the pipeline's content, the export
+/// settings (not the path), the tokenizer file, the source files and sizes, and the shard.
+pub fn fingerprint(plan: &Plan) -> String {
+    let mut export = serde_json::to_value(&plan.pipeline.spec.export).unwrap_or_default();
+    if let Some(o) = export.as_object_mut() {
+        o.remove("path");
+    }
+    let files: Vec<_> = plan.source.files.iter().map(|f| json!([f.relative, f.bytes])).collect();
+    let v = json!({
+        "pipeline": format!("{:016x}", plan.pipeline.content_hash()),
+        "export": export,
+        "tokenizer": plan.tokenizer.file_hash,
+        "files": files,
+        "shard": [plan.shard.rank, plan.shard.world_size],
+        "format": crate::sink::FORMAT_VERSION,
+    });
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(crate::spec::canonical_json(&v).as_bytes()))
+}
+
+/// Checks the finished parts of an interrupted export against their recorded hashes; each may
+/// be in the staging directory or, if a crash hit the final moves, already in `dir`.
+fn verify_parts(dir: &Path, staging: &Path, parts: &[Part]) -> Result<()> {
+    for p in parts {
+        let path = [staging.join(&p.file), dir.join(&p.file)].into_iter().find(|c| c.is_file());
+        let ok = path.as_ref().and_then(|path| std::fs::read(path).ok()).is_some_and(|bytes| {
+            bytes.len() as u64 == p.bytes && format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)) == p.xxh3
+        });
+        if !ok {
+            return Err(Error::env_hint(
+                format!("part `{}` of the interrupted export in `{}` is missing or changed", p.file, dir.display()),
+                "delete the output directory and export again",
+            ));
         }
     }
     Ok(())
@@ -248,7 +263,9 @@ impl Writer {
     fn close_part(&mut self) -> Result<()> {
         self.flush_chunk()?;
         let Some(part) = self.current.take() else { return Ok(()) };
-        part.writer.close().map_err(|e| Error::env(format!("finishing `{}`: {e}", part.tmp.display())))?;
+        let file =
+            part.writer.into_inner().map_err(|e| Error::env(format!("finishing `{}`: {e}", part.tmp.display())))?;
+        file.sync_all().map_err(|e| Error::io(&part.tmp, "sync", e))?;
         let name = part_name(part.index);
         let bytes = std::fs::read(&part.tmp).map_err(|e| Error::io(&part.tmp, "read back", e))?;
         let fin = self.dir.join(&name);
@@ -268,79 +285,90 @@ impl Writer {
 pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportReport> {
     let started = Instant::now();
     let dir = opts.dir.clone();
+    let staging = dir.join(STAGING);
     let hash = format!("{:016x}", plan.pipeline.content_hash());
+    let fingerprint = fingerprint(&plan);
     let resolved = plan.pipeline.resolved_json();
-    let Some(done_parts) = prepare_dir(&dir, opts.resume, &hash, &resolved)? else {
-        return Ok(ExportReport {
-            dir,
-            rows: 0,
-            tokens: 0,
-            parts: 0,
-            resumed_parts: 0,
-            seconds: 0.0,
-            already_complete: true,
-        });
+    let state = prepare_dir(&dir, opts.resume)?;
+    let done_parts = match state {
+        OutputState::Finished => {
+            let m: serde_json::Value = std::fs::read(dir.join(MANIFEST))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if m["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+                return Err(Error::env_hint(
+                    format!("`{}` holds a finished export of a different pipeline or data", dir.display()),
+                    "export to another directory with `--out DIR`",
+                ));
+            }
+            return Ok(ExportReport {
+                dir,
+                rows: 0,
+                tokens: 0,
+                parts: 0,
+                resumed_parts: 0,
+                seconds: 0.0,
+                already_complete: true,
+            });
+        }
+        OutputState::Interrupted => {
+            let progress = Progress::read(&staging)?.ok_or_else(|| Error::internal("progress file vanished"))?;
+            if progress.fingerprint != fingerprint {
+                let mut changed = diff_fields(&progress.pipeline, &resolved);
+                if progress.pipeline == resolved {
+                    changed = vec!["the source files, the tokenizer file or the shard".into()];
+                }
+                return Err(Error::env_hint(
+                    format!(
+                        "`{}` was exported by a different pipeline (changed: {})",
+                        dir.display(),
+                        changed.join(", ")
+                    ),
+                    "resume with the same pipeline, overrides and data, or export to a new directory",
+                ));
+            }
+            verify_parts(&dir, &staging, &progress.parts)?;
+            remove_temporaries(&staging)?;
+            progress.parts
+        }
+        OutputState::Fresh { .. } => Vec::new(),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
-    let spec = &plan.pipeline.spec.export;
-    let task_schema = plan.task.output_schema();
-    let mut metadata: HashMap<String, String> = task_schema.metadata().clone();
-    metadata.insert("huggingface".into(), hf_metadata(&task_schema));
-    let schema: SchemaRef = Arc::new(Schema::new_with_metadata(task_schema.fields().clone(), metadata));
-    let compression = match spec.compression {
-        Compression::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(spec.zstd_level).map_err(Error::internal)?),
-        Compression::Snappy => PqCompression::SNAPPY,
-        Compression::Lz4 => PqCompression::LZ4_RAW,
-        Compression::None => PqCompression::UNCOMPRESSED,
-    };
-    let props = WriterProperties::builder()
-        .set_compression(compression)
-        .set_max_row_group_row_count(Some(spec.row_group_rows as usize))
-        .set_created_by(format!("pretext {}", env!("CARGO_PKG_VERSION")))
-        .build();
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, "create directory", e))?;
     let resumed_parts = done_parts.len();
-    let mut skip: u64 = done_parts.iter().map(|p| p.rows).sum();
-    let mut writer = Writer {
-        dir: dir.clone(),
-        schema: schema.clone(),
-        props,
-        rows_per_file: spec.rows_per_file,
-        chunk: (spec.row_group_rows as usize).min(spec.rows_per_file as usize).max(1),
-        current: None,
-        pending: Vec::new(),
-        pending_rows: 0,
-        progress: Progress { pipeline_hash: hash.clone(), pipeline: resolved.clone(), parts: done_parts },
+    let progress = Progress {
+        pipeline_hash: hash.clone(),
+        fingerprint: fingerprint.clone(),
+        pipeline: resolved.clone(),
+        parts: done_parts,
     };
-    writer.progress.write(&dir)?;
-    let meter = Meter::new(opts.progress_bar, "exporting");
-    let mut stream = plan.stream();
-    let result: Result<()> = async {
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let mut batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
-            if skip > 0 {
-                let s = skip.min(batch.num_rows() as u64) as usize;
-                skip -= s as u64;
-                batch = batch.slice(s, batch.num_rows() - s);
+    let result = write_parts(&plan, opts, &staging, progress).await;
+    let parts = match result {
+        Ok(parts) => parts,
+        Err((e, finished)) => {
+            if finished == 0 {
+                // Nothing worth resuming: leave the directory as it was.
+                let _ = std::fs::remove_dir_all(&staging);
+                if state == (OutputState::Fresh { created: true }) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            } else {
+                eprintln!(
+                    "note: {finished} finished part(s) are kept in `{}`: fix the problem and run again with `--resume`",
+                    staging.display()
+                );
             }
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            meter.add(batch.num_rows() as u64, tokens_in(&batch));
-            writer.push(batch)?;
+            return Err(e);
         }
-        writer.close_part()
-    }
-    .await;
-    if let Err(e) = result {
-        meter.abandon();
-        if let Some(p) = writer.current.take() {
-            let _ = std::fs::remove_file(&p.tmp);
+    };
+    // Publish: parts move out of staging, then the manifest, then staging goes away.
+    for p in &parts {
+        let from = staging.join(&p.file);
+        if from.is_file() {
+            let to = dir.join(&p.file);
+            std::fs::rename(&from, &to).map_err(|e| Error::io(&to, "rename into", e))?;
         }
-        return Err(e);
     }
-    meter.finish();
-    let parts = writer.progress.parts.clone();
     let rows: u64 = parts.iter().map(|p| p.rows).sum();
     let tokens: u64 = parts.iter().map(|p| p.tokens).sum();
     let tok = &plan.tokenizer;
@@ -348,6 +376,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
         "pretext_version": env!("CARGO_PKG_VERSION"),
         "name": plan.pipeline.spec.name,
         "pipeline_hash": hash,
+        "fingerprint": fingerprint,
         "seed": plan.seed,
         "pipeline": resolved,
         "shard": {"rank": plan.shard.rank, "world_size": plan.shard.world_size},
@@ -364,14 +393,14 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
             "files": plan.source.files,
             "stats": plan.source.stats.snapshot(),
         },
-        "schema": describe_schema(&schema),
+        "schema": describe_schema(&plan.task.output_schema()),
         "rows": rows,
         "tokens": tokens,
         "parts": parts,
     });
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(Error::internal)?;
     write_atomic(&dir.join(MANIFEST), &bytes)?;
-    let _ = std::fs::remove_file(dir.join(PROGRESS));
+    std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, "remove", e))?;
     Ok(ExportReport {
         dir,
         rows,
@@ -381,4 +410,79 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
         seconds: started.elapsed().as_secs_f64(),
         already_complete: false,
     })
+}
+
+/// Streams examples into parts inside `staging`; returns every finished part, or the error and
+/// how many parts are finished (resumable).
+async fn write_parts(
+    plan: &Arc<Plan>,
+    opts: &ExportOptions,
+    staging: &Path,
+    progress: Progress,
+) -> std::result::Result<Vec<Part>, (Error, usize)> {
+    let spec = &plan.pipeline.spec.export;
+    let task_schema = plan.task.output_schema();
+    let mut metadata: HashMap<String, String> = task_schema.metadata().clone();
+    metadata.insert("huggingface".into(), hf_metadata(&task_schema));
+    let schema: SchemaRef = Arc::new(Schema::new_with_metadata(task_schema.fields().clone(), metadata));
+    let level = ZstdLevel::try_new(spec.zstd_level).map_err(|e| (Error::internal(e), progress.parts.len()))?;
+    let compression = match spec.compression {
+        Compression::Zstd => PqCompression::ZSTD(level),
+        Compression::Snappy => PqCompression::SNAPPY,
+        Compression::Lz4 => PqCompression::LZ4_RAW,
+        Compression::None => PqCompression::UNCOMPRESSED,
+    };
+    let props = WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(spec.row_group_rows as usize))
+        .set_created_by(format!("pretext {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut skip: u64 = progress.parts.iter().map(|p| p.rows).sum();
+    // Chunks of at most ~4M values keep memory bounded for long rows.
+    let width = plan.seq_len.max(1);
+    let chunk = (spec.row_group_rows as usize).min(spec.rows_per_file as usize).min((1 << 22) / width).max(1);
+    let mut writer = Writer {
+        dir: staging.to_path_buf(),
+        schema: schema.clone(),
+        props,
+        rows_per_file: spec.rows_per_file,
+        chunk,
+        current: None,
+        pending: Vec::new(),
+        pending_rows: 0,
+        progress,
+    };
+    let meter = Meter::new(opts.progress_bar, "exporting");
+    let mut stream = plan.stream();
+    let result: Result<()> = async {
+        writer.progress.write(staging)?;
+        while let Some(batch) = stream.next().await {
+            let mut batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())?;
+            if skip > 0 {
+                let s = skip.min(batch.num_rows() as u64) as usize;
+                skip -= s as u64;
+                batch = batch.slice(s, batch.num_rows() - s);
+            }
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            meter.add(batch.num_rows() as u64, tokens_in(&batch));
+            writer.push(batch)?;
+        }
+        writer.close_part()
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            meter.finish();
+            Ok(writer.progress.parts)
+        }
+        Err(e) => {
+            meter.abandon();
+            if let Some(p) = writer.current.take() {
+                let _ = std::fs::remove_file(&p.tmp);
+            }
+            Err((e, writer.progress.parts.len()))
+        }
+    }
 }

@@ -27,6 +27,8 @@ pub struct Part {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Progress {
     pub pipeline_hash: String,
+    /// See [`crate::sink::export::fingerprint`].
+    pub fingerprint: String,
     pub pipeline: Value,
     pub parts: Vec<Part>,
 }

@@ -4,3 +4,7 @@ pub mod export;
 pub mod manifest;
 pub mod preview;
 pub mod progress;
+
+/// Version of the export layout, part of every fingerprint: bump it when the bytes an export
+/// writes for the same input change.
+pub const FORMAT_VERSION: u32 = 1;

@@ -97,7 +97,18 @@ pub fn list(pipeline: &Pipeline) -> Result<(PathBuf, Vec<SourceFile>, Format)> {
     let format = match spec.format {
         Some(f) => f,
         None => {
-            let found: Vec<Format> = paths.iter().filter_map(|p| format_of(p)).collect();
+            let mut found: Vec<Format> = paths.iter().filter_map(|p| format_of(p)).collect();
+            found.dedup();
+            let mut kinds = found.clone();
+            kinds.sort_by_key(|f| format!("{f:?}"));
+            kinds.dedup();
+            if kinds.len() > 1 {
+                let names: Vec<String> = kinds.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
+                return Err(path_err(
+                    format!("`{}` holds files of several formats ({})", spec.path, names.join(", ")),
+                    "set `source.format` to the one to read, or point `source.path` at those files only",
+                ));
+            }
             match found.first() {
                 Some(f) => *f,
                 None if paths.is_empty() => Format::Parquet,

@@ -192,13 +192,36 @@ impl Source {
         let columns = df.schema().fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
         let _ = ctx.deregister_table("source");
         ctx.register_table("source", df.into_view()).map_err(FrameError::Read)?;
-        ctx.sql(sql).await.map_err(|e| FrameError::Sql(e.strip_backtrace().to_string(), columns))
+        let df = ctx.sql(sql).await.map_err(|e| FrameError::Sql(e.strip_backtrace().to_string(), columns.clone()))?;
+        if let Some(op) = not_row_wise(df.logical_plan()) {
+            return Err(FrameError::Sql(
+                format!("{op} is not supported: `sql` runs on each file in scan order, so only row-wise queries (filters, projections, expressions) give the same result as over the whole table"),
+                columns,
+            ));
+        }
+        Ok(df)
     }
 
     /// Streams the documents of `shard`, lazily: nothing is read before the first poll.
-    pub fn scan(&self, shard: Shard) -> BatchStream {
-        let state =
-            ScanState { source: self.clone(), ctx: new_context(), next_file: 0, current: None, ordinal: 0, shard };
+    /// `opts.shuffle` permutes the file order with a seed (per epoch); `opts.count` adds to
+    /// [`SourceStats`] (once per run, not per epoch).
+    pub fn scan(&self, shard: Shard, opts: ScanOptions) -> BatchStream {
+        let mut order: Vec<usize> = (0..self.files.len()).collect();
+        if let Some(seed) = opts.shuffle_seed {
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
+        }
+        let state = ScanState {
+            source: self.clone(),
+            ctx: new_context(),
+            order,
+            next_file: 0,
+            current: None,
+            ordinal: 0,
+            shard,
+            count: opts.count,
+        };
         let stream = futures::stream::try_unfold(state, |mut st| async move {
             loop {
                 if let Some((stream, file_idx, row)) = st.current.as_mut() {
@@ -223,10 +246,10 @@ impl Source {
                         None => st.current = None,
                     }
                 }
-                if st.next_file >= st.source.files.len() {
+                if st.next_file >= st.order.len() {
                     return Ok(None);
                 }
-                let fi = st.next_file;
+                let fi = st.order[st.next_file];
                 st.next_file += 1;
                 let f = st.source.files[fi].clone();
                 let df = st.source.frame(&st.ctx, &f).await.map_err(|e| match e {
@@ -247,18 +270,45 @@ impl Source {
     }
 }
 
+/// The first operator of `plan` whose result depends on more than one row at a time.
+fn not_row_wise(plan: &datafusion::logical_expr::LogicalPlan) -> Option<&'static str> {
+    use datafusion::logical_expr::LogicalPlan as P;
+    let op = match plan {
+        P::Aggregate(_) => Some("GROUP BY / aggregation"),
+        P::Sort(_) => Some("ORDER BY"),
+        P::Limit(_) => Some("LIMIT / OFFSET"),
+        P::Distinct(_) => Some("DISTINCT"),
+        P::Window(_) => Some("a window function"),
+        P::Join(_) => Some("a join"),
+        P::Union(_) => Some("UNION"),
+        P::Repartition(_) => Some("repartitioning"),
+        P::RecursiveQuery(_) => Some("a recursive query"),
+        _ => None,
+    };
+    op.or_else(|| plan.inputs().into_iter().find_map(not_row_wise))
+}
+
 enum FrameError {
     Read(datafusion::error::DataFusionError),
     Sql(String, String),
 }
 
+/// How to scan: see [`Source::scan`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanOptions {
+    pub shuffle_seed: Option<u64>,
+    pub count: bool,
+}
+
 struct ScanState {
     source: Source,
     ctx: SessionContext,
+    order: Vec<usize>,
     next_file: usize,
     current: Option<(SendableRecordBatchStream, usize, u64)>,
     ordinal: u64,
     shard: Shard,
+    count: bool,
 }
 
 impl ScanState {
@@ -266,7 +316,6 @@ impl ScanState {
     fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
         let src = &self.source;
         let n = batch.num_rows();
-        src.stats.rows.fetch_add(n as u64, Ordering::Relaxed);
         let text = batch.column_by_name(&src.text_column).ok_or_else(|| {
             Error::data(format!("column `{}` disappeared from `{}`", src.text_column, src.files[fi].relative))
         })?;
@@ -277,7 +326,12 @@ impl ScanState {
                 let col = batch.column_by_name(k).ok_or_else(|| {
                     Error::data(format!("column `{k}` disappeared from `{}`", src.files[fi].relative))
                 })?;
-                key_values(col)?
+                key_values(col).map_err(|e| {
+                    Error::data_hint(
+                        format!("key column `{k}` in `{}`: {e}", src.files[fi].relative),
+                        "every row needs a key: fill the nulls in `source.sql` (e.g. `COALESCE(id, -1)`) or drop `key_column`",
+                    )
+                })?
             }
             None => {
                 let file_seed = xxhash_rust::xxh3::xxh3_64(src.files[fi].relative.as_bytes());
@@ -303,9 +357,12 @@ impl ScanState {
             };
             keep.push(ok);
         }
-        src.stats.null_text.fetch_add(nulls, Ordering::Relaxed);
-        src.stats.blank_text.fetch_add(blanks, Ordering::Relaxed);
-        src.stats.documents.fetch_add(docs, Ordering::Relaxed);
+        if self.count {
+            src.stats.rows.fetch_add(n as u64, Ordering::Relaxed);
+            src.stats.null_text.fetch_add(nulls, Ordering::Relaxed);
+            src.stats.blank_text.fetch_add(blanks, Ordering::Relaxed);
+            src.stats.documents.fetch_add(docs, Ordering::Relaxed);
+        }
         let mask = BooleanArray::from(keep);
         let keys: ArrayRef = Arc::new(UInt64Array::from(keys));
         let keys = arrow::compute::filter(&keys, &mask)?;
@@ -319,49 +376,28 @@ impl ScanState {
 }
 
 /// The example key of each row from the key column: integers as themselves (negative values
-/// reinterpreted as u64), anything else a stable xxh3 hash of its string form.
-fn key_values(col: &ArrayRef) -> Result<Vec<u64>> {
+/// reinterpreted as u64), anything else a stable xxh3 hash of its string form. Nulls are an
+/// error: rows without a key would share one key and one random stream.
+fn key_values(col: &ArrayRef) -> std::result::Result<Vec<u64>, String> {
     use arrow::datatypes::*;
-    let n = col.len();
-    let ints: Option<Vec<u64>> = match col.data_type() {
-        DataType::Int8 => {
-            Some(col.as_primitive::<Int8Type>().iter().map(|v| v.unwrap_or_default() as i64 as u64).collect())
-        }
-        DataType::Int16 => {
-            Some(col.as_primitive::<Int16Type>().iter().map(|v| v.unwrap_or_default() as i64 as u64).collect())
-        }
-        DataType::Int32 => {
-            Some(col.as_primitive::<Int32Type>().iter().map(|v| v.unwrap_or_default() as i64 as u64).collect())
-        }
-        DataType::Int64 => Some(col.as_primitive::<Int64Type>().iter().map(|v| v.unwrap_or_default() as u64).collect()),
-        DataType::UInt8 => Some(col.as_primitive::<UInt8Type>().iter().map(|v| v.unwrap_or_default() as u64).collect()),
-        DataType::UInt16 => {
-            Some(col.as_primitive::<UInt16Type>().iter().map(|v| v.unwrap_or_default() as u64).collect())
-        }
-        DataType::UInt32 => {
-            Some(col.as_primitive::<UInt32Type>().iter().map(|v| v.unwrap_or_default() as u64).collect())
-        }
-        DataType::UInt64 => Some(col.as_primitive::<UInt64Type>().iter().map(|v| v.unwrap_or_default()).collect()),
-        _ => None,
-    };
-    if let Some(v) = ints {
-        if col.null_count() > 0 {
-            return Err(Error::data_hint(
-                format!("key column has {} null values", col.null_count()),
-                "every row needs a key: fill the nulls in `source.sql` (e.g. `COALESCE(id, -1)`) or drop `key_column`",
-            ));
-        }
-        return Ok(v);
+    if col.null_count() > 0 {
+        return Err(format!("{} null value(s)", col.null_count()));
     }
-    let strings = arrow::compute::cast(col, &DataType::Utf8View)?;
-    let strings = strings.as_string_view();
-    Ok((0..n)
-        .map(|i| {
-            if strings.is_null(i) {
-                xxhash_rust::xxh3::xxh3_64(b"\xffnull")
-            } else {
-                xxhash_rust::xxh3::xxh3_64(strings.value(i).as_bytes())
-            }
-        })
-        .collect())
+    let n = col.len();
+    let v: Vec<u64> = match col.data_type() {
+        DataType::Int8 => col.as_primitive::<Int8Type>().values().iter().map(|&v| v as i64 as u64).collect(),
+        DataType::Int16 => col.as_primitive::<Int16Type>().values().iter().map(|&v| v as i64 as u64).collect(),
+        DataType::Int32 => col.as_primitive::<Int32Type>().values().iter().map(|&v| v as i64 as u64).collect(),
+        DataType::Int64 => col.as_primitive::<Int64Type>().values().iter().map(|&v| v as u64).collect(),
+        DataType::UInt8 => col.as_primitive::<UInt8Type>().values().iter().map(|&v| v as u64).collect(),
+        DataType::UInt16 => col.as_primitive::<UInt16Type>().values().iter().map(|&v| v as u64).collect(),
+        DataType::UInt32 => col.as_primitive::<UInt32Type>().values().iter().map(|&v| v as u64).collect(),
+        DataType::UInt64 => col.as_primitive::<UInt64Type>().values().to_vec(),
+        _ => {
+            let strings = arrow::compute::cast(col, &DataType::Utf8View).map_err(|e| e.to_string())?;
+            let strings = strings.as_string_view();
+            (0..n).map(|i| xxhash_rust::xxh3::xxh3_64(strings.value(i).as_bytes())).collect()
+        }
+    };
+    Ok(v)
 }

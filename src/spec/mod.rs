@@ -283,6 +283,20 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
             }
         }
     }
+    let TaskSpec::Mlm(m) = &spec.task;
+    if let Some(w) = spec.stream.shuffle.window_rows() {
+        let values = w as u64 * m.seq_len as u64;
+        if values > 1 << 27 {
+            issues.push(Issue::at(
+                &p(&["stream", "shuffle"]),
+                format!(
+                    "a shuffle window of {w} rows of {} tokens holds {values} values per column, more than 134,217,728",
+                    m.seq_len
+                ),
+                Some(format!("lower `window_rows` to at most {}", (1u64 << 27) / m.seq_len as u64)),
+            ));
+        }
+    }
     if let Some(shard) = spec.stream.shard {
         if shard.rank >= shard.world_size {
             issues.push(Issue::at(

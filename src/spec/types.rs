@@ -154,7 +154,7 @@ pub enum TaskSpec {
 pub struct MlmSpec {
     /// Tokens per example row.
     #[serde(default = "default_seq_len")]
-    #[schemars(range(min = 8, max = 1048576))]
+    #[schemars(range(min = 8, max = 131072))]
     pub seq_len: u32,
     /// Share of non-special tokens selected for prediction.
     #[serde(default = "default_mask_prob")]
@@ -305,9 +305,10 @@ pub enum AutoKeyword {
 #[serde(deny_unknown_fields)]
 pub struct ShardSpec {
     /// This process's index, `0 ≤ rank < world_size`.
+    #[schemars(range(max = 1000000))]
     pub rank: u32,
     /// Number of processes sharing the data.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub world_size: u32,
 }
 

@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
+use crate::source::ScanOptions;
 use crate::task::TaskContext;
 use crate::tokenize::{Encoded, TextTokenizer};
 use crate::BatchStream;
@@ -129,9 +130,9 @@ where
             async move {
                 let batch = item?;
                 let task = SpawnedTask::spawn_blocking(move || f(batch));
-                match task.join_unwind().await {
+                match task.join().await {
                     Ok(r) => r.map_err(DataFusionError::from),
-                    Err(e) => Err(DataFusionError::from(Error::internal(format!("worker stopped: {e}")))),
+                    Err(e) => Err(DataFusionError::from(Error::internal(format!("a worker thread failed: {e}")))),
                 }
             }
         })
@@ -189,7 +190,11 @@ fn adapt(
 impl Plan {
     /// Examples of one epoch, before shuffling and batching.
     pub fn epoch_examples(self: &Arc<Self>, epoch: u32) -> BatchStream {
-        let docs = self.source.scan(self.shard);
+        // With shuffling on, every epoch also reads the files in its own seeded order.
+        let shuffle_seed = self
+            .shuffle_window
+            .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
+        let docs = self.source.scan(self.shard, ScanOptions { shuffle_seed, count: epoch == 0 });
         let tok = self.tokenizer.clone();
         let max_len = if self.packing { None } else { Some(self.seq_len) };
         let words = self.whole_word;

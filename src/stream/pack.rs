@@ -44,6 +44,9 @@ struct Rows {
     words: Vec<i32>,
 }
 
+/// Values (tokens) of completed rows after which [`Packer::push`] hands a batch on.
+pub const ROWS_BUDGET: usize = 1 << 20;
+
 /// Cuts tokenized documents into rows; holds the partial row between batches.
 pub struct Packer {
     seq_len: usize,
@@ -82,8 +85,9 @@ impl Packer {
         self.schema.clone()
     }
 
-    /// Adds a batch of tokenized documents; returns the rows completed so far, if any.
-    pub fn push(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+    /// Adds a batch of tokenized documents; returns the rows completed so far, in batches of at
+    /// most [`ROWS_BUDGET`] values each so a huge document or `seq_len` keeps memory bounded.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let keys = batch.column(0).as_primitive::<arrow::datatypes::UInt64Type>();
         let ids = batch.column(1).as_list::<i32>();
         let special = batch.column(2).as_list::<i32>();
@@ -92,6 +96,7 @@ impl Packer {
         let special_values = special.values().as_primitive::<Int8Type>().values();
         let word_values = words.map(|w| w.values().as_primitive::<Int32Type>().values());
         let offsets = ids.value_offsets();
+        let mut out = Vec::new();
         for d in 0..batch.num_rows() {
             let (start, end) = (offsets[d] as usize, offsets[d + 1] as usize);
             self.doc_seq += 1;
@@ -105,8 +110,12 @@ impl Packer {
             if !self.packing {
                 self.pad_row();
             }
+            if self.done.ids.len() >= ROWS_BUDGET {
+                out.extend(self.take_full()?);
+            }
         }
-        self.take_full()
+        out.extend(self.take_full()?);
+        Ok(out)
     }
 
     fn push_doc(&mut self, key: u64, ids: &[i32], special: &[i8], words: Option<&[i32]>) {
@@ -124,9 +133,16 @@ impl Packer {
             self.done.special.extend(special[r.clone()].iter().map(|&s| s as i32));
             self.done.attention.extend(std::iter::repeat_n(1, take));
             if let Some(words) = words {
-                for &w in &words[r] {
-                    if w < 0 {
+                for (&w, &sp) in words[r.clone()].iter().zip(&special[r]) {
+                    if sp != 0 {
                         self.done.words.push(-1);
+                        continue;
+                    }
+                    if w < 0 {
+                        // A non-special token outside any word is a word of its own (as in HF).
+                        self.group += 1;
+                        self.last_word = (self.doc_seq, -1);
+                        self.done.words.push(self.group);
                         continue;
                     }
                     if (self.doc_seq, w) != self.last_word {
@@ -202,7 +218,7 @@ mod tests {
     fn packs_across_documents_and_pads_the_tail() {
         let mut p = Packer::new(4, true, false, 0);
         let b = tokenized_batch(&[7, 8], &[vec![1, 2, 3], vec![4, 5, 6]], &[vec![1, 0, 1], vec![1, 0, 1]], None);
-        let out = p.push(&b).unwrap().unwrap();
+        let out = p.push(&b).unwrap().pop().unwrap();
         assert_eq!(out.num_rows(), 1);
         assert_eq!(crate::task::list_values(&out, "input_ids").unwrap(), &[1, 2, 3, 4]);
         assert_eq!(out.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 7);

@@ -47,7 +47,10 @@ impl Mlm {
     /// `mask_id` is the tokenizer's mask token; `pool` the ids a random replacement may take.
     pub fn new(spec: &MlmSpec, mask_id: u32, pool: Vec<i32>) -> Result<Self> {
         if pool.is_empty() && spec.random_token_prob > 0.0 {
-            return Err(Error::internal("empty replacement vocabulary"));
+            return Err(Error::data_hint(
+                "the tokenizer has no non-special token to draw random replacements from",
+                "use a tokenizer with a real vocabulary, or set `task.mlm.random_token_prob: 0`",
+            ));
         }
         let seq_len = spec.seq_len as usize;
         Ok(Mlm {

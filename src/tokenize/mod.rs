@@ -170,6 +170,7 @@ impl TextTokenizer {
                 out.ids.extend(body.iter().map(|&b| b as i32));
                 out.special.extend(std::iter::repeat_n(0, body.len()));
                 if words {
+                    // Words are runs of non-whitespace bytes; whitespace belongs to no word.
                     let mut word = -1i32;
                     let mut prev_space = true;
                     for &b in body {
@@ -177,7 +178,7 @@ impl TextTokenizer {
                         if !space && prev_space {
                             word += 1;
                         }
-                        out.words.push(word.max(0));
+                        out.words.push(if space { -1 } else { word });
                         prev_space = space;
                     }
                 }
@@ -196,12 +197,20 @@ impl TextTokenizer {
                     }),
                 }
                 .map_err(|e| Error::data(format!("tokenizer failed on a text: {e}")))?;
+                let start = out.ids.len();
                 let ids = enc.get_ids();
                 out.ids.extend(ids.iter().map(|&i| i as i32));
                 let specials = enc.get_special_tokens_mask();
                 out.special.extend(ids.iter().zip(specials).map(|(&id, &s)| (s != 0 || self.is_special(id)) as i8));
                 if words {
                     out.words.extend(enc.get_word_ids().iter().map(|w| w.map(|w| w as i32).unwrap_or(-1)));
+                }
+                // Packed documents need a boundary: a tokenizer.json without a post-processor adds
+                // none, so close the document with its separator (or end-of-text) token.
+                if max_len.is_none() && out.ids.len() > start && out.special.last() == Some(&0) {
+                    if let Some(sep) = self.specials.sep.or(self.specials.eos) {
+                        push_special(out, sep, words);
+                    }
                 }
                 Ok(())
             }
@@ -276,7 +285,7 @@ mod tests {
         t.encode_into("ab c", None, true, &mut out).unwrap();
         assert_eq!(out.ids, vec![258, 97, 98, 32, 99, 259]);
         assert_eq!(out.special, vec![1, 0, 0, 0, 0, 1]);
-        assert_eq!(out.words, vec![-1, 0, 0, 0, 1, -1]);
+        assert_eq!(out.words, vec![-1, 0, 0, -1, 1, -1]);
         assert_eq!(t.decode(&[258, 97, 259]), "[CLS]a[SEP]");
     }
 

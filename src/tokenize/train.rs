@@ -23,7 +23,12 @@ pub fn train_tokenizer(spec: &TrainTokenizerSpec, texts: &[String]) -> Result<To
             "check `source.path` and `source.sql`, or use `tokenizer: { bytes: {} }`",
         ));
     }
-    let fail = |e: tokenizers::Error| Error::internal(format!("tokenizer training failed: {e}"));
+    let fail = |e: tokenizers::Error| {
+        Error::data_hint(
+            format!("training the tokenizer failed: {e}"),
+            "check `tokenizer.train` (vocab_size, min_frequency) and the sample texts",
+        )
+    };
     let (specials, template): (Vec<&str>, &str) = match spec.model {
         TokenizerModel::Wordpiece => (vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[CLS] $A [SEP]"),
         TokenizerModel::Bpe => (vec!["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>"),
