@@ -30,6 +30,10 @@ impl spec::PipelineSpec {
     pub fn task_name(&self) -> &'static str {
         match self.task {
             spec::TaskSpec::Mlm(_) => "mlm",
+            spec::TaskSpec::Causal(_) => "causal",
+            spec::TaskSpec::Span(_) => "span",
+            spec::TaskSpec::ContrastiveText(_) => "contrastive_text",
+            spec::TaskSpec::Denoise(_) => "denoise",
         }
     }
 }

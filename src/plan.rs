@@ -9,9 +9,14 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::source::{Shard, Source};
-use crate::spec::{Pipeline, SpecErrors, TaskSpec, TokenizerSpec};
+use crate::spec::{PackMode, Pipeline, SpecErrors, TaskSpec, TokenizerSpec};
+use crate::stream::Packing;
+use crate::task::causal::Causal;
+use crate::task::contrastive::{Contrastive, Views};
+use crate::task::denoise::Denoise;
+use crate::task::span::Span;
 use crate::task::{mlm::Mlm, Task};
-use crate::tokenize::{train_tokenizer, TextTokenizer};
+use crate::tokenize::{train_tokenizer, Framing, TextTokenizer};
 
 /// Everything a run needs, resolved.
 pub struct Plan {
@@ -25,8 +30,12 @@ pub struct Plan {
     pub batch_size: usize,
     pub shuffle_window: Option<usize>,
     pub shard: Shard,
+    /// Tokens per row handed to the task (the raw span length for `span`).
+    pub row_len: usize,
+    /// The task's `seq_len`.
     pub seq_len: usize,
-    pub packing: bool,
+    pub packing: Packing,
+    pub framing: Framing,
     pub whole_word: bool,
     pub pad_id: u32,
     /// Where a trained tokenizer was written (or read back from).
@@ -78,26 +87,7 @@ impl Plan {
         let shard = resolve_shard(&pipeline)?;
         let (tokenizer, tokenizer_file) = build_tokenizer(&pipeline, &source, opts).await?;
         let stream = &pipeline.spec.stream;
-        let (task, seq_len, packing, whole_word, pad_id): (Arc<dyn Task>, _, _, _, _) = match &pipeline.spec.task {
-            TaskSpec::Mlm(m) => {
-                let missing = |what: &str, names: &str| {
-                    Error::Spec(SpecErrors(vec![pipeline.error_at(
-                        &["tokenizer"],
-                        format!(
-                            "the tokenizer ({}) has no {what} token ({names}), which `task.mlm` needs",
-                            tokenizer.description
-                        ),
-                        Some(format!(
-                            "add {names} to the tokenizer's special tokens, or use `tokenizer: {{ bytes: {{}} }}`"
-                        )),
-                    )]))
-                };
-                let mask = tokenizer.specials.mask.ok_or_else(|| missing("mask", "`[MASK]` or `<mask>`"))?;
-                let pad = tokenizer.specials.pad.ok_or_else(|| missing("padding", "`[PAD]` or `<pad>`"))?;
-                let mlm = Mlm::new(m, mask, tokenizer.replacement_pool())?;
-                (Arc::new(mlm), m.seq_len as usize, m.packing, m.whole_word, pad)
-            }
-        };
+        let built = build_task(&pipeline, &tokenizer)?;
         Ok(Arc::new(Plan {
             seed: pipeline.spec.seed,
             epochs: stream.epochs,
@@ -105,17 +95,139 @@ impl Plan {
             batch_size: stream.batch_size as usize,
             shuffle_window: stream.shuffle.window_rows(),
             shard,
-            seq_len,
-            packing,
-            whole_word,
-            pad_id,
-            task,
+            row_len: built.row_len,
+            seq_len: pipeline.spec.task.seq_len() as usize,
+            packing: built.packing,
+            framing: built.framing,
+            whole_word: built.whole_word,
+            pad_id: built.pad,
+            task: built.task,
             tokenizer,
             tokenizer_file,
             source,
             pipeline,
         }))
     }
+}
+
+/// A configured task and how its rows are made.
+struct BuiltTask {
+    task: Arc<dyn Task>,
+    row_len: usize,
+    packing: Packing,
+    framing: Framing,
+    whole_word: bool,
+    pad: u32,
+}
+
+fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer) -> Result<BuiltTask> {
+    let spec = &pipeline.spec.task;
+    let name = pipeline.spec.task_name();
+    let missing = |what: &str, names: &str| {
+        Error::Spec(SpecErrors(vec![pipeline.error_at(
+            &["tokenizer"],
+            format!(
+                "the tokenizer ({}) has no {what} token ({names}), which `task.{name}` needs",
+                tokenizer.description
+            ),
+            Some(format!("add {names} to the tokenizer's special tokens, or use `tokenizer: {{ bytes: {{}} }}`")),
+        )]))
+    };
+    let sp = &tokenizer.specials;
+    let pad = sp.pad.ok_or_else(|| missing("padding", "`[PAD]` or `<pad>`"))?;
+    let eos = || sp.eos.or(sp.sep).ok_or_else(|| missing("end-of-text", "`</s>`, `<|endoftext|>` or `[SEP]`"));
+    let mask = || sp.mask.ok_or_else(|| missing("mask", "`[MASK]` or `<mask>`"));
+    Ok(match spec {
+        TaskSpec::Mlm(m) => BuiltTask {
+            task: Arc::new(Mlm::new(m, mask()?, tokenizer.replacement_pool())?),
+            row_len: m.seq_len as usize,
+            packing: if m.packing { Packing::Greedy } else { Packing::PerDocument },
+            framing: Framing::Template,
+            whole_word: m.whole_word,
+            pad,
+        },
+        TaskSpec::Causal(c) => BuiltTask {
+            task: Arc::new(Causal::new(c.seq_len as usize, eos()?, c.mask_across_documents, c.reset_position_ids)),
+            row_len: c.seq_len as usize,
+            packing: match c.pack {
+                PackMode::Greedy => Packing::Greedy,
+                PackMode::BestFit => Packing::BestFit,
+            },
+            framing: Framing::Eos,
+            whole_word: false,
+            pad,
+        },
+        TaskSpec::Span(t) => {
+            let eos = eos()?;
+            let span = Span::new(
+                t.seq_len as usize,
+                t.noise_density,
+                t.mean_noise_span_length,
+                tokenizer.sentinels(),
+                eos,
+                pad,
+            );
+            let have = tokenizer.sentinels().len();
+            if have < span.spans_needed() {
+                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(
+                    &["tokenizer"],
+                    format!(
+                        "span corruption with seq_len {} needs {} sentinel tokens (`<extra_id_0>` …) but the tokenizer ({}) has {have}",
+                        t.seq_len,
+                        span.spans_needed(),
+                        tokenizer.description
+                    ),
+                    Some("use a T5 tokenizer.json (it has 100 `<extra_id_N>` tokens), add them as special tokens, or use `tokenizer: { bytes: {} }`".into()),
+                )])));
+            }
+            BuiltTask {
+                row_len: span.raw_len,
+                task: Arc::new(span),
+                packing: Packing::Greedy,
+                framing: Framing::Eos,
+                whole_word: false,
+                pad,
+            }
+        }
+        TaskSpec::ContrastiveText(c) => {
+            let views = Views {
+                crop: c.crop.as_ref().map(|c| (c.min_tokens as usize, c.max_tokens as usize)),
+                token_dropout: c.token_dropout,
+                mask_prob: c.mask_prob,
+                identical: c.identical,
+            };
+            let mask_id = if c.mask_prob > 0.0 { Some(mask()?) } else { None };
+            BuiltTask {
+                task: Arc::new(Contrastive::new(c.seq_len as usize, views, mask_id, pad)),
+                row_len: c.seq_len as usize,
+                packing: Packing::PerDocument,
+                framing: Framing::Template,
+                whole_word: false,
+                pad,
+            }
+        }
+        TaskSpec::Denoise(d) => {
+            let mask_id = if d.mask_spans > 0.0 { mask()? } else { sp.mask.unwrap_or(pad) };
+            let task = Denoise::new(
+                d.seq_len as usize,
+                d.mask_spans,
+                d.poisson_lambda,
+                d.delete,
+                d.permute_sentences,
+                mask_id,
+                pad,
+                tokenizer.sentence_ends(),
+            )?;
+            BuiltTask {
+                task: Arc::new(task),
+                row_len: d.seq_len as usize,
+                packing: Packing::PerDocument,
+                framing: Framing::Template,
+                whole_word: false,
+                pad,
+            }
+        }
+    })
 }
 
 async fn build_tokenizer(

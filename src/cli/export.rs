@@ -31,8 +31,11 @@ pub fn run(file: &Path, out: Option<PathBuf>, resume: bool, quiet: bool, sets: &
             eprintln!("the source produced no examples; wrote an empty export (manifest only) to `{}`", report.dir.display());
         }
         let secs = report.seconds.max(1e-9);
+        let padding = crate::sink::export::padding_share(&plan, report.rows, report.tokens)
+            .map(|p| format!(", {:.1}% padding", p * 100.0))
+            .unwrap_or_default();
         eprintln!(
-            "exported {} rows, {} tokens in {} part(s){} to `{}` in {:.1}s ({} tokens/s); {} documents read, {} null/blank texts skipped",
+            "exported {} rows, {} tokens{padding} in {} part(s){} to `{}` in {:.1}s ({} tokens/s); {} documents read, {} null/blank texts skipped",
             report.rows,
             report.tokens,
             report.parts,

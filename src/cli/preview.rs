@@ -5,7 +5,7 @@ use futures::StreamExt;
 
 use crate::error::Result;
 use crate::plan::{BuildOptions, Plan};
-use crate::sink::preview::{render_mlm, MLM_LEGEND};
+use crate::sink::preview::{render_generic, render_mlm, MLM_LEGEND};
 
 /// Prints the first `n` examples of the stream, decoded.
 pub fn run(file: &Path, n: usize, sets: &[String]) -> Result<i32> {
@@ -18,14 +18,18 @@ pub fn run(file: &Path, n: usize, sets: &[String]) -> Result<i32> {
         while shown < n {
             let Some(batch) = stream.next().await else { break };
             let batch = batch?;
-            if !emit(&render_mlm(&plan.tokenizer, &batch, shown, n - shown)?) {
+            let text = match plan.pipeline.spec.task {
+                crate::spec::TaskSpec::Mlm(_) => render_mlm(&plan.tokenizer, &batch, shown, n - shown)?,
+                _ => render_generic(&plan.tokenizer, &batch, shown, n - shown)?,
+            };
+            if !emit(&text) {
                 return Ok(0);
             }
             shown += batch.num_rows().min(n - shown);
         }
         if shown == 0 {
             eprintln!("the source produced no examples (skipped: {})", plan.source.stats.snapshot());
-        } else {
+        } else if matches!(plan.pipeline.spec.task, crate::spec::TaskSpec::Mlm(_)) {
             emit(&format!("{MLM_LEGEND}\n"));
         }
         Ok(0)

@@ -184,11 +184,25 @@ fn diff_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// Real (non-padding) input tokens: the sum of the `attention_mask*` columns, or every
+/// `input_ids` value when the task has no attention mask (span corruption).
 fn tokens_in(batch: &RecordBatch) -> u64 {
-    match batch.column_by_name("attention_mask").and_then(|c| c.as_fixed_size_list_opt()) {
-        Some(l) => l.values().as_primitive::<Int32Type>().values().iter().map(|&v| v as u64).sum(),
-        None => 0,
+    let mut total = 0;
+    let mut found = false;
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        if field.name().starts_with("attention_mask") {
+            if let Some(l) = col.as_fixed_size_list_opt() {
+                found = true;
+                total += l.values().as_primitive::<Int32Type>().values().iter().map(|&v| v as u64).sum::<u64>();
+            }
+        }
     }
+    if !found {
+        if let Some(l) = batch.column_by_name("input_ids").and_then(|c| c.as_fixed_size_list_opt()) {
+            total = l.values().len() as u64;
+        }
+    }
+    total
 }
 
 struct PartWriter {
@@ -279,6 +293,14 @@ impl Writer {
         });
         self.progress.write(&self.dir)
     }
+}
+
+/// Share of `input_ids` positions that are padding, for tasks with one attention mask.
+pub fn padding_share(plan: &Plan, rows: u64, tokens: u64) -> Option<f64> {
+    let schema = plan.task.output_schema();
+    let single = schema.fields().iter().filter(|f| f.name().starts_with("attention_mask")).count() == 1;
+    let capacity = rows * plan.seq_len as u64;
+    (single && capacity > 0).then(|| 1.0 - tokens as f64 / capacity as f64)
 }
 
 /// Runs the plan's stream into Parquet parts and a manifest.
@@ -396,6 +418,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
         "schema": describe_schema(&plan.task.output_schema()),
         "rows": rows,
         "tokens": tokens,
+        "padding_share": padding_share(&plan, rows, tokens),
         "parts": parts,
     });
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(Error::internal)?;

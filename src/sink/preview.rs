@@ -77,3 +77,60 @@ pub fn render_mlm(tok: &TextTokenizer, batch: &RecordBatch, first: usize, limit:
     }
     Ok(out)
 }
+
+/// Renders examples of any task: every token-id column decoded (padding and −100 dropped);
+/// packed causal rows show their documents separated by ` ‖ `.
+pub fn render_generic(tok: &TextTokenizer, batch: &RecordBatch, first: usize, limit: usize) -> Result<String> {
+    use arrow::datatypes::DataType;
+    let keys = batch.column(0).as_primitive::<UInt64Type>();
+    let pad = tok.specials.pad.map(|p| p as i32);
+    let schema = batch.schema();
+    let mut out = String::new();
+    for row in 0..batch.num_rows().min(limit) {
+        out.push_str(&format!("--- example {} · example_key {} ---\n", first + row + 1, keys.value(row)));
+        let segments = match schema.field_with_name("segment_ids") {
+            Ok(f) => match f.data_type() {
+                DataType::FixedSizeList(_, n) => {
+                    let n = *n as usize;
+                    Some(list_values(batch, "segment_ids")?[row * n..(row + 1) * n].to_vec())
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        for field in schema.fields().iter().skip(1) {
+            let name = field.name();
+            let DataType::FixedSizeList(_, n) = field.data_type() else { continue };
+            if name.starts_with("attention_mask")
+                || matches!(name.as_str(), "position_ids" | "segment_ids" | "special_tokens_mask")
+            {
+                continue;
+            }
+            let n = *n as usize;
+            let values = &list_values(batch, name)?[row * n..(row + 1) * n];
+            let text = match &segments {
+                Some(seg) if name == "input_ids" => {
+                    let mut docs: Vec<String> = Vec::new();
+                    let mut start = 0;
+                    for i in 1..=n {
+                        if i == n || seg[i] != seg[i - 1] {
+                            if seg[start] != 0 {
+                                let ids: Vec<u32> = values[start..i].iter().map(|&v| v as u32).collect();
+                                docs.push(tok.decode(&ids));
+                            }
+                            start = i;
+                        }
+                    }
+                    format!("{} document(s): {}", docs.len(), docs.join(" ‖ "))
+                }
+                _ => {
+                    let ids: Vec<u32> =
+                        values.iter().filter(|&&v| v != IGNORE && Some(v) != pad).map(|&v| v as u32).collect();
+                    tok.decode(&ids)
+                }
+            };
+            out.push_str(&format!("  {name}: {text}\n"));
+        }
+    }
+    Ok(out)
+}

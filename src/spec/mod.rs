@@ -282,18 +282,64 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
                 ));
             }
         }
+        TaskSpec::Span(t) => {
+            let min = crate::task::span::min_seq_len(t.noise_density, t.mean_noise_span_length);
+            if (t.seq_len as usize) < min {
+                issues.push(Issue::at(
+                    &p(&["task", "span", "seq_len"]),
+                    format!(
+                        "seq_len {} is too small for span corruption with noise_density {} and mean_noise_span_length {}: the minimum is {min}",
+                        t.seq_len, t.noise_density, t.mean_noise_span_length
+                    ),
+                    Some(format!("use `seq_len: {min}` or more (T5 uses 512)")),
+                ));
+            }
+        }
+        TaskSpec::ContrastiveText(t) => {
+            let augmented = t.crop.is_some() || t.token_dropout > 0.0 || t.mask_prob > 0.0;
+            if t.identical && augmented {
+                issues.push(Issue::at(
+                    &p(&["task", "contrastive_text", "identical"]),
+                    "`identical: true` conflicts with `crop`, `token_dropout` and `mask_prob`".into(),
+                    Some("SimCSE's recipe uses identical views; drop the augmentations or `identical`".into()),
+                ));
+            }
+            if !t.identical && !augmented {
+                issues.push(Issue::at(
+                    &p(&["task", "contrastive_text"]),
+                    "no view generator: the two views would always be equal".into(),
+                    Some("add `crop: {min_tokens: 8, max_tokens: 64}`, `token_dropout: 0.1` or `mask_prob: 0.15`, or say `identical: true` for SimCSE".into()),
+                ));
+            }
+            if let Some(c) = &t.crop {
+                if c.min_tokens > c.max_tokens {
+                    issues.push(Issue::at(
+                        &p(&["task", "contrastive_text", "crop", "min_tokens"]),
+                        format!("min_tokens {} is above max_tokens {}", c.min_tokens, c.max_tokens),
+                        None,
+                    ));
+                }
+            }
+        }
+        TaskSpec::Denoise(t) => {
+            if t.mask_spans == 0.0 && t.delete == 0.0 && !t.permute_sentences {
+                issues.push(Issue::at(
+                    &p(&["task", "denoise"]),
+                    "no corruption: inputs would equal labels".into(),
+                    Some("set `mask_spans` (BART: 0.3), `delete` or `permute_sentences: true`".into()),
+                ));
+            }
+        }
+        TaskSpec::Causal(_) => {}
     }
-    let TaskSpec::Mlm(m) = &spec.task;
+    let seq_len = spec.task.seq_len();
     if let Some(w) = spec.stream.shuffle.window_rows() {
-        let values = w as u64 * m.seq_len as u64;
+        let values = w as u64 * seq_len as u64;
         if values > 1 << 27 {
             issues.push(Issue::at(
                 &p(&["stream", "shuffle"]),
-                format!(
-                    "a shuffle window of {w} rows of {} tokens holds {values} values per column, more than 134,217,728",
-                    m.seq_len
-                ),
-                Some(format!("lower `window_rows` to at most {}", (1u64 << 27) / m.seq_len as u64)),
+                format!("a shuffle window of {w} rows of {seq_len} tokens holds {values} values per column, more than 134,217,728"),
+                Some(format!("lower `window_rows` to at most {}", (1u64 << 27) / seq_len as u64)),
             ));
         }
     }

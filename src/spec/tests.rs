@@ -13,7 +13,7 @@ const MINIMAL: &str = "name: t\nsource: { path: data }\ntask: { mlm: {} }\n";
 #[test]
 fn minimal_pipeline_gets_hf_defaults() {
     let p = check(MINIMAL).unwrap();
-    let TaskSpec::Mlm(m) = &p.spec.task;
+    let TaskSpec::Mlm(m) = &p.spec.task else { panic!("mlm") };
     assert_eq!((m.seq_len, m.mask_prob, m.mask_token_prob, m.random_token_prob), (128, 0.15, 0.8, 0.1));
     assert!(m.packing && !m.whole_word);
     assert_eq!(p.spec.seed, 42);

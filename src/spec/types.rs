@@ -146,6 +146,158 @@ fn default_min_frequency() -> u64 {
 pub enum TaskSpec {
     /// Masked language modelling (BERT / HuggingFace `DataCollatorForLanguageModeling`).
     Mlm(MlmSpec),
+    /// Next-token prediction over packed documents (GPT-2 / Megatron).
+    Causal(CausalSpec),
+    /// T5 span corruption.
+    Span(SpanSpec),
+    /// Two views of each document for contrastive training (SimCSE / DeCLUTR).
+    ContrastiveText(ContrastiveTextSpec),
+    /// BART-style denoising: text infilling, token deletion, sentence permutation.
+    Denoise(DenoiseSpec),
+}
+
+impl TaskSpec {
+    /// The task's `seq_len` (tokens per input row).
+    pub fn seq_len(&self) -> u32 {
+        match self {
+            TaskSpec::Mlm(t) => t.seq_len,
+            TaskSpec::Causal(t) => t.seq_len,
+            TaskSpec::Span(t) => t.seq_len,
+            TaskSpec::ContrastiveText(t) => t.seq_len,
+            TaskSpec::Denoise(t) => t.seq_len,
+        }
+    }
+}
+
+/// How causal rows are packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PackMode {
+    /// Concatenate and chunk: documents split across rows, no padding but in the last row.
+    Greedy,
+    /// Best-fit decreasing over a window of documents: documents kept whole where they fit,
+    /// longer ones split into full rows; the padding share is reported.
+    BestFit,
+}
+
+/// Next-token prediction. `labels` are aligned with `input_ids` (the model shifts, as in
+/// HuggingFace causal-LM models).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CausalSpec {
+    /// Tokens per row.
+    #[serde(default = "default_causal_seq_len")]
+    #[schemars(range(min = 2, max = 131072))]
+    pub seq_len: u32,
+    /// `greedy` (concatenate and chunk) or `best_fit` (documents kept whole where they fit).
+    #[serde(default = "default_pack")]
+    pub pack: PackMode,
+    /// No loss on the first token of a document that follows another one in the row.
+    #[serde(default)]
+    pub mask_across_documents: bool,
+    /// `position_ids` restart at 0 at every document start.
+    #[serde(default = "default_true")]
+    pub reset_position_ids: bool,
+}
+
+fn default_causal_seq_len() -> u32 {
+    1024
+}
+fn default_pack() -> PackMode {
+    PackMode::Greedy
+}
+
+/// T5 span corruption: input/target lengths computed so that no padding is needed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpanSpec {
+    /// Length of `input_ids` (the raw span is longer: 512 → 568 raw, 114 targets).
+    #[serde(default = "default_span_seq_len")]
+    #[schemars(range(min = 2, max = 131072))]
+    pub seq_len: u32,
+    /// Share of raw tokens that are noise.
+    #[serde(default = "default_noise_density")]
+    #[schemars(range(min = 0.01, max = 0.99))]
+    pub noise_density: f64,
+    /// Mean length of a noise span.
+    #[serde(default = "default_mean_span")]
+    #[schemars(range(min = 1.0, max = 1000.0))]
+    pub mean_noise_span_length: f64,
+}
+
+fn default_span_seq_len() -> u32 {
+    512
+}
+fn default_noise_density() -> f64 {
+    0.15
+}
+fn default_mean_span() -> f64 {
+    3.0
+}
+
+/// A random contiguous crop of each view.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CropSpec {
+    /// Shortest crop in tokens.
+    #[schemars(range(min = 1))]
+    pub min_tokens: u32,
+    /// Longest crop in tokens.
+    #[schemars(range(min = 1))]
+    pub max_tokens: u32,
+}
+
+/// Two views per document; view generators compose in the order crop → dropout → mask.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContrastiveTextSpec {
+    /// Tokens per view.
+    #[serde(default = "default_seq_len")]
+    #[schemars(range(min = 4, max = 131072))]
+    pub seq_len: u32,
+    /// SimCSE: both views are the document (the model's dropout is the augmentation).
+    #[serde(default)]
+    pub identical: bool,
+    /// Random contiguous span per view (DeCLUTR-style).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<CropSpec>,
+    /// Each token dropped with this probability.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 0.99))]
+    pub token_dropout: f64,
+    /// Each token replaced by the mask token with this probability.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub mask_prob: f64,
+}
+
+/// BART-style denoising.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenoiseSpec {
+    /// Tokens per row.
+    #[serde(default = "default_seq_len")]
+    #[schemars(range(min = 4, max = 131072))]
+    pub seq_len: u32,
+    /// Share of tokens covered by masked spans (text infilling); 0 turns it off.
+    #[serde(default = "default_mask_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub mask_spans: f64,
+    /// Mean span length (Poisson λ).
+    #[serde(default = "default_mean_span")]
+    #[schemars(range(min = 0.1, max = 100.0))]
+    pub poisson_lambda: f64,
+    /// Each token deleted with this probability.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 0.99))]
+    pub delete: f64,
+    /// Shuffle the sentences (split after `.`, `!`, `?`).
+    #[serde(default)]
+    pub permute_sentences: bool,
+}
+
+fn default_mask_ratio() -> f64 {
+    0.3
 }
 
 /// Masked language modelling with HuggingFace semantics.

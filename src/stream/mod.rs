@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::source::ScanOptions;
 use crate::task::TaskContext;
-use crate::tokenize::{Encoded, TextTokenizer};
+use crate::tokenize::{Encoded, Framing, TextTokenizer};
 use crate::BatchStream;
-pub use pack::{row_key, rows_schema, Packer};
+pub use pack::{row_key, rows_schema, Packer, Packing};
 pub use shuffle::{Rebatch, WindowShuffle};
 
 /// Schema of tokenized documents: `example_key`, `input_ids: List<Int32>`,
@@ -77,6 +77,7 @@ pub fn tokenized_batch(keys: &[u64], ids: &[Vec<i32>], special: &[Vec<i8>], word
 pub fn tokenize_batch(
     tok: &TextTokenizer,
     batch: &RecordBatch,
+    framing: Framing,
     max_len: Option<usize>,
     words: bool,
 ) -> Result<RecordBatch> {
@@ -86,7 +87,7 @@ pub fn tokenize_batch(
     let mut offsets = Vec::with_capacity(text.len() + 1);
     offsets.push(0i32);
     for i in 0..text.len() {
-        tok.encode_into(text.value(i), max_len, words, &mut enc)?;
+        tok.encode_framed(text.value(i), framing, max_len, words, &mut enc)?;
         let end = i32::try_from(enc.ids.len())
             .map_err(|_| Error::data("a batch of documents has more than 2^31 tokens; lower the source batch size"))?;
         offsets.push(end);
@@ -196,11 +197,12 @@ impl Plan {
             .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
         let docs = self.source.scan(self.shard, ScanOptions { shuffle_seed, count: epoch == 0 });
         let tok = self.tokenizer.clone();
-        let max_len = if self.packing { None } else { Some(self.seq_len) };
-        let words = self.whole_word;
-        let tokens =
-            ordered_map(docs, tokens_schema(words), self.workers, move |b| tokenize_batch(&tok, &b, max_len, words));
-        let packer = Packer::new(self.seq_len, self.packing, words, self.pad_id);
+        let max_len = if self.packing == Packing::PerDocument { Some(self.row_len) } else { None };
+        let (words, framing) = (self.whole_word, self.framing);
+        let tokens = ordered_map(docs, tokens_schema(words), self.workers, move |b| {
+            tokenize_batch(&tok, &b, framing, max_len, words)
+        });
+        let packer = Packer::with_mode(self.row_len, self.packing, words, self.pad_id);
         let rows = stateful(
             tokens,
             packer.schema(),
@@ -217,27 +219,35 @@ impl Plan {
     }
 
     /// Every epoch's examples, shuffled when configured, in batches of `batch_size`.
+    /// A batch never spans two epochs, so no example appears twice in one batch.
     pub fn stream(self: &Arc<Self>) -> BatchStream {
         let schema = self.task.output_schema();
         let plan = self.clone();
         let epochs = futures::stream::iter(0..self.epochs).map(move |epoch| {
+            let schema = plan.task.output_schema();
             let examples = plan.epoch_examples(epoch);
-            match plan.shuffle_window {
+            let examples = match plan.shuffle_window {
                 None => examples,
                 Some(w) => {
-                    let sh = WindowShuffle::new(plan.task.output_schema(), w, plan.seed, epoch);
+                    let sh = WindowShuffle::new(schema.clone(), w, plan.seed, epoch);
                     stateful(
                         examples,
-                        plan.task.output_schema(),
+                        schema.clone(),
                         sh,
                         |s, b| s.push(b),
                         |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
                     )
                 }
-            }
+            };
+            let rb = Rebatch::new(schema.clone(), plan.batch_size);
+            stateful(
+                examples,
+                schema,
+                rb,
+                |r, b| r.push(b),
+                |mut r| async move { Ok(r.flush()?.into_iter().collect()) },
+            )
         });
-        let all = adapt(schema.clone(), epochs.flatten());
-        let rb = Rebatch::new(schema.clone(), self.batch_size);
-        stateful(all, schema, rb, |r, b| r.push(b), |mut r| async move { Ok(r.flush()?.into_iter().collect()) })
+        adapt(schema, epochs.flatten())
     }
 }

@@ -47,10 +47,35 @@ struct Rows {
 /// Values (tokens) of completed rows after which [`Packer::push`] hands a batch on.
 pub const ROWS_BUDGET: usize = 1 << 20;
 
+/// How documents become rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// Concatenate and chunk; documents split across rows; only the last row is padded.
+    Greedy,
+    /// Best-fit decreasing over windows of [`BEST_FIT_WINDOW`] documents: pieces shorter than a
+    /// row are kept whole; longer documents first give full rows.
+    BestFit,
+    /// One (truncated) document per padded row.
+    PerDocument,
+}
+
+/// Documents considered together by best-fit packing.
+pub const BEST_FIT_WINDOW: usize = 1024;
+
+/// A document piece waiting for best-fit packing.
+struct Piece {
+    key: u64,
+    ids: Vec<i32>,
+    special: Vec<i8>,
+}
+
 /// Cuts tokenized documents into rows; holds the partial row between batches.
 pub struct Packer {
     seq_len: usize,
     packing: bool,
+    best_fit: bool,
+    pieces: Vec<Piece>,
+    pub padding: u64,
     words: bool,
     pad: i32,
     schema: SchemaRef,
@@ -66,9 +91,16 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(seq_len: usize, packing: bool, words: bool, pad: u32) -> Self {
+        Self::with_mode(seq_len, if packing { Packing::Greedy } else { Packing::PerDocument }, words, pad)
+    }
+
+    pub fn with_mode(seq_len: usize, mode: Packing, words: bool, pad: u32) -> Self {
         Packer {
             seq_len,
-            packing,
+            packing: mode != Packing::PerDocument,
+            best_fit: mode == Packing::BestFit,
+            pieces: Vec::new(),
+            padding: 0,
             words,
             pad: pad as i32,
             schema: rows_schema(seq_len, words),
@@ -101,12 +133,19 @@ impl Packer {
             let (start, end) = (offsets[d] as usize, offsets[d + 1] as usize);
             self.doc_seq += 1;
             self.tokens_in += (end - start) as u64;
-            self.push_doc(
-                keys.value(d),
-                &id_values[start..end],
-                &special_values[start..end],
-                word_values.map(|w| &w[start..end]),
-            );
+            if self.best_fit {
+                self.add_piece(keys.value(d), &id_values[start..end], &special_values[start..end]);
+                if self.pieces.len() >= BEST_FIT_WINDOW {
+                    self.pack_best_fit();
+                }
+            } else {
+                self.push_doc(
+                    keys.value(d),
+                    &id_values[start..end],
+                    &special_values[start..end],
+                    word_values.map(|w| &w[start..end]),
+                );
+            }
             if !self.packing {
                 self.pad_row();
             }
@@ -160,12 +199,63 @@ impl Packer {
         }
     }
 
+    /// Full rows of a long document go out at once; the rest waits for best-fit packing.
+    fn add_piece(&mut self, key: u64, ids: &[i32], special: &[i8]) {
+        let l = self.seq_len;
+        let full = ids.len() / l * l;
+        if full > 0 {
+            self.push_doc(key, &ids[..full], &special[..full], None);
+        }
+        if full < ids.len() {
+            self.pieces.push(Piece {
+                key: row_key(key, full),
+                ids: ids[full..].to_vec(),
+                special: special[full..].to_vec(),
+            });
+        }
+    }
+
+    /// Best-fit decreasing: longest pieces first, each into the open row with the least room
+    /// that still fits it; rows come out in the order they were opened.
+    fn pack_best_fit(&mut self) {
+        let l = self.seq_len;
+        let pieces = std::mem::take(&mut self.pieces);
+        let mut order: Vec<usize> = (0..pieces.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(pieces[i].ids.len()));
+        let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+        for i in order {
+            let len = pieces[i].ids.len();
+            let best = rows.iter_mut().filter(|(room, _)| *room >= len).min_by_key(|(room, _)| *room);
+            match best {
+                Some((room, members)) => {
+                    *room -= len;
+                    members.push(i);
+                }
+                None => rows.push((l - len, vec![i])),
+            }
+        }
+        for (_, members) in rows {
+            for (j, &i) in members.iter().enumerate() {
+                let p = &pieces[i];
+                if j == 0 {
+                    self.done.keys.push(p.key);
+                }
+                self.done.ids.extend_from_slice(&p.ids);
+                self.done.special.extend(p.special.iter().map(|&s| s as i32));
+                self.done.attention.extend(std::iter::repeat_n(1, p.ids.len()));
+                self.fill += p.ids.len();
+            }
+            self.pad_row();
+        }
+    }
+
     /// Pads the partial row, if any, to `seq_len`.
     fn pad_row(&mut self) {
         if self.fill == 0 {
             return;
         }
         let n = self.seq_len - self.fill;
+        self.padding += n as u64;
         self.done.ids.extend(std::iter::repeat_n(self.pad, n));
         self.done.special.extend(std::iter::repeat_n(1, n));
         self.done.attention.extend(std::iter::repeat_n(0, n));
@@ -177,6 +267,9 @@ impl Packer {
 
     /// Pads and returns the last partial row at the end of the stream.
     pub fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        if self.best_fit {
+            self.pack_best_fit();
+        }
         self.pad_row();
         self.take_full()
     }
@@ -219,6 +312,7 @@ mod tests {
         let mut p = Packer::new(4, true, false, 0);
         let b = tokenized_batch(&[7, 8], &[vec![1, 2, 3], vec![4, 5, 6]], &[vec![1, 0, 1], vec![1, 0, 1]], None);
         let out = p.push(&b).unwrap().pop().unwrap();
+        let _ = Packing::Greedy;
         assert_eq!(out.num_rows(), 1);
         assert_eq!(crate::task::list_values(&out, "input_ids").unwrap(), &[1, 2, 3, 4]);
         assert_eq!(out.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 7);
@@ -227,5 +321,30 @@ mod tests {
         assert_eq!(crate::task::list_values(&tail, "attention_mask").unwrap(), &[1, 1, 0, 0]);
         assert_eq!(tail.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), row_key(8, 1));
         assert!(p.finish().unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod best_fit_tests {
+    use super::*;
+    use crate::stream::tokenized_batch;
+
+    #[test]
+    fn best_fit_keeps_short_documents_whole() {
+        let mut p = Packer::with_mode(8, Packing::BestFit, false, 0);
+        let docs = vec![vec![1; 5], vec![2; 3], vec![3; 6], vec![4; 2], vec![5; 11]];
+        let special: Vec<Vec<i8>> = docs.iter().map(|d| vec![0; d.len()]).collect();
+        let b = tokenized_batch(&[1, 2, 3, 4, 5], &docs, &special, None);
+        let mut out = p.push(&b).unwrap();
+        out.extend(p.finish().unwrap());
+        let ids: Vec<i32> =
+            out.iter().flat_map(|b| crate::task::list_values(b, "input_ids").unwrap().to_vec()).collect();
+        let rows: Vec<&[i32]> = ids.chunks(8).collect();
+        // 11 → one full row of 5s + a piece of 3; pieces 6,5,3,3,2 → [3×6, 4×2], [1×5, 2×3], [5×3].
+        assert_eq!(rows[0], &[5; 8]);
+        assert_eq!(rows[1], &[3, 3, 3, 3, 3, 3, 4, 4]);
+        assert_eq!(rows[2], &[1, 1, 1, 1, 1, 2, 2, 2]);
+        assert_eq!(rows[3], &[5, 5, 5, 0, 0, 0, 0, 0]);
+        assert_eq!(p.padding, 5);
     }
 }

@@ -2,7 +2,11 @@
 //! stateless per batch and draws every random decision from a per-example RNG seeded by
 //! `(seed, epoch, example_key)`, so output never depends on how work was split across threads.
 
+pub mod causal;
+pub mod contrastive;
+pub mod denoise;
 pub mod mlm;
+pub mod span;
 
 use std::sync::Arc;
 

@@ -26,6 +26,19 @@ pub struct Specials {
 /// Number of byte ids in the built-in vocabulary; special tokens follow them.
 pub const BYTE_VOCAB: u32 = 256;
 const BYTE_SPECIALS: [&str; 7] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"];
+/// Sentinels of the byte vocabulary for span corruption: `<extra_id_0>` is the top id, counting
+/// down, as in T5's vocabulary.
+pub const BYTE_SENTINELS: u32 = 100;
+
+/// What special tokens a document gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The tokenizer's own template (`[CLS] … [SEP]`); packed documents without one get a
+    /// separator appended.
+    Template,
+    /// No template; the document ends with EOS (causal LM, T5).
+    Eos,
+}
 
 #[derive(Clone)]
 enum Backend {
@@ -76,7 +89,8 @@ impl std::fmt::Debug for TextTokenizer {
 
 impl TextTokenizer {
     /// The built-in byte-level vocabulary: ids 0–255 are bytes, then
-    /// `[PAD] [UNK] [CLS] [SEP] [MASK] [BOS] [EOS]` (256–262).
+    /// `[PAD] [UNK] [CLS] [SEP] [MASK] [BOS] [EOS]` (256–262), then 100 sentinels
+    /// (`<extra_id_99>` = 263 … `<extra_id_0>` = 362).
     pub fn bytes() -> Self {
         let id = |name: &str| BYTE_SPECIALS.iter().position(|s| *s == name).map(|i| BYTE_VOCAB + i as u32);
         TextTokenizer {
@@ -90,9 +104,9 @@ impl TextTokenizer {
                 bos: id("[BOS]"),
                 eos: id("[EOS]"),
             },
-            special_ids: (BYTE_VOCAB..BYTE_VOCAB + BYTE_SPECIALS.len() as u32).collect(),
-            vocab_size: BYTE_VOCAB + BYTE_SPECIALS.len() as u32,
-            description: "bytes (256 byte ids + 7 special tokens)".into(),
+            special_ids: (BYTE_VOCAB..BYTE_VOCAB + BYTE_SPECIALS.len() as u32 + BYTE_SENTINELS).collect(),
+            vocab_size: BYTE_VOCAB + BYTE_SPECIALS.len() as u32 + BYTE_SENTINELS,
+            description: "bytes (256 byte ids + 7 special tokens + 100 sentinels)".into(),
             file_hash: None,
         }
     }
@@ -159,6 +173,53 @@ impl TextTokenizer {
     /// Appends the tokens of `text` (with the tokenizer's special tokens, e.g. `[CLS] … [SEP]`),
     /// truncated to `max_len` tokens in total when given. Word indices are filled when `words`.
     pub fn encode_into(&self, text: &str, max_len: Option<usize>, words: bool, out: &mut Encoded) -> Result<()> {
+        self.encode_framed(text, Framing::Template, max_len, words, out)
+    }
+
+    /// [`Self::encode_into`] with the document's framing chosen: the tokenizer's template, or
+    /// plain tokens closed by EOS (which must exist: checked when the plan is built).
+    pub fn encode_framed(
+        &self,
+        text: &str,
+        framing: Framing,
+        max_len: Option<usize>,
+        words: bool,
+        out: &mut Encoded,
+    ) -> Result<()> {
+        if framing == Framing::Eos {
+            let eos =
+                self.specials.eos.or(self.specials.sep).ok_or_else(|| Error::internal("EOS checked at plan time"))?;
+            let start = out.ids.len();
+            match &self.backend {
+                Backend::Bytes => {
+                    let room = max_len.map(|m| m.saturating_sub(1)).unwrap_or(usize::MAX);
+                    let body = &text.as_bytes()[..text.len().min(room)];
+                    out.ids.extend(body.iter().map(|&b| b as i32));
+                    out.special.extend(std::iter::repeat_n(0, body.len()));
+                    if words {
+                        out.words.extend(std::iter::repeat_n(-1, body.len()));
+                    }
+                }
+                Backend::Hf(tok) => {
+                    let mut enc = tok
+                        .encode_fast(text, false)
+                        .map_err(|e| Error::data(format!("tokenizer failed on a text: {e}")))?;
+                    if let Some(max) = max_len {
+                        enc.truncate(max.saturating_sub(1), 0, TruncationDirection::Right);
+                    }
+                    let ids = enc.get_ids();
+                    out.ids.extend(ids.iter().map(|&i| i as i32));
+                    out.special.extend(ids.iter().map(|&id| self.is_special(id) as i8));
+                    if words {
+                        out.words.extend(enc.get_word_ids().iter().map(|w| w.map(|w| w as i32).unwrap_or(-1)));
+                    }
+                }
+            }
+            if out.ids.len() > start {
+                push_special(out, eos, words);
+            }
+            return Ok(());
+        }
         match &self.backend {
             Backend::Bytes => {
                 let (cls, sep) = (self.specials.cls, self.specials.sep);
@@ -252,12 +313,28 @@ impl TextTokenizer {
                     format!("<0x{b:02X}>")
                 }
             }
-            Backend::Bytes => BYTE_SPECIALS
-                .get((id - BYTE_VOCAB) as usize)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("<{id}>")),
+            Backend::Bytes => match BYTE_SPECIALS.get((id - BYTE_VOCAB) as usize) {
+                Some(s) => s.to_string(),
+                None if id < self.vocab_size => format!("<extra_id_{}>", self.vocab_size - 1 - id),
+                None => format!("<{id}>"),
+            },
             Backend::Hf(tok) => tok.id_to_token(id).unwrap_or_else(|| format!("<{id}>")),
         }
+    }
+
+    /// Span-corruption sentinels in order of use (`<extra_id_0>`, `<extra_id_1>`, …).
+    pub fn sentinels(&self) -> Vec<i32> {
+        match &self.backend {
+            Backend::Bytes => (0..BYTE_SENTINELS).map(|k| (self.vocab_size - 1 - k) as i32).collect(),
+            Backend::Hf(tok) => {
+                (0..).map_while(|k| tok.token_to_id(&format!("<extra_id_{k}>"))).map(|i| i as i32).collect()
+            }
+        }
+    }
+
+    /// `v[id]`: the token ends a sentence (its text ends with `.`, `!` or `?`).
+    pub fn sentence_ends(&self) -> Vec<bool> {
+        (0..self.vocab_size).map(|id| !self.is_special(id) && self.token(id).ends_with(['.', '!', '?'])).collect()
     }
 
     /// Ids a random replacement may take: every non-special id.

@@ -1,0 +1,132 @@
+//! Two views of each document for SimCSE / DeCLUTR-style contrastive training. Each view is the
+//! document's tokens (truncated to `seq_len` with the tokenizer's special tokens) after, in order,
+//! an optional random contiguous `crop`, `token_dropout` (each token dropped with p, at least one
+//! kept) and `mask` (each token replaced by the mask token with p); `identical` gives SimCSE's
+//! dropout-only recipe (both views equal; the model's dropout makes them differ). Views are drawn
+//! from the example's own RNG, view a first. In-batch negatives are the trainer's job; the stream
+//! never puts an example twice in one batch.
+
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rand::Rng;
+
+use super::{fixed_list, fixed_list_field, list_values, Task, TaskContext};
+use crate::error::Result;
+
+/// How a view is made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Views {
+    pub crop: Option<(usize, usize)>,
+    pub token_dropout: f64,
+    pub mask_prob: f64,
+    pub identical: bool,
+}
+
+/// The contrastive-text objective, configured.
+#[derive(Debug, Clone)]
+pub struct Contrastive {
+    pub seq_len: usize,
+    views: Views,
+    mask_id: i32,
+    pad: i32,
+    schema: SchemaRef,
+}
+
+/// Schema: `example_key`, `input_ids_a`, `attention_mask_a`, `input_ids_b`, `attention_mask_b`.
+pub fn output_schema(seq_len: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("example_key", DataType::UInt64, false),
+        fixed_list_field("input_ids_a", seq_len),
+        fixed_list_field("attention_mask_a", seq_len),
+        fixed_list_field("input_ids_b", seq_len),
+        fixed_list_field("attention_mask_b", seq_len),
+    ]))
+}
+
+impl Contrastive {
+    pub fn new(seq_len: usize, views: Views, mask_id: Option<u32>, pad: u32) -> Self {
+        Contrastive {
+            seq_len,
+            views,
+            mask_id: mask_id.map(|m| m as i32).unwrap_or(-1),
+            pad: pad as i32,
+            schema: output_schema(seq_len),
+        }
+    }
+
+    /// One view of `inner` (the document without its special tokens) into `out`.
+    pub fn view(&self, inner: &[i32], rng: &mut impl Rng, out: &mut Vec<i32>) {
+        let v = &self.views;
+        let mut tokens: &[i32] = inner;
+        if v.identical {
+            out.extend_from_slice(tokens);
+            return;
+        }
+        if let Some((lo, hi)) = v.crop {
+            let n = tokens.len();
+            let (lo, hi) = (lo.min(n), hi.min(n));
+            let len = if hi > lo { rng.random_range(lo..=hi) } else { hi };
+            let start = if n > len { rng.random_range(0..=n - len) } else { 0 };
+            tokens = &tokens[start..start + len];
+        }
+        let first = out.len();
+        for &t in tokens {
+            if v.token_dropout > 0.0 && rng.random_bool(v.token_dropout) {
+                continue;
+            }
+            out.push(if v.mask_prob > 0.0 && rng.random_bool(v.mask_prob) { self.mask_id } else { t });
+        }
+        if out.len() == first && !tokens.is_empty() {
+            out.push(tokens[0]);
+        }
+    }
+}
+
+impl Task for Contrastive {
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn apply(&self, batch: &RecordBatch, keys: &[u64], cx: &TaskContext) -> Result<RecordBatch> {
+        let l = self.seq_len;
+        let ids = list_values(batch, "input_ids")?;
+        let special = list_values(batch, "special_tokens_mask")?;
+        let attention = list_values(batch, "attention_mask")?;
+        let n = keys.len() * l;
+        let mut cols: [Vec<i32>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
+        let mut view = Vec::with_capacity(l);
+        for (row, &key) in keys.iter().enumerate() {
+            let r = row * l..(row + 1) * l;
+            let (ids, special, att) = (&ids[r.clone()], &special[r.clone()], &attention[r]);
+            let real = att.iter().take_while(|&&a| a != 0).count();
+            let lead = special[..real].iter().take_while(|&&s| s != 0).count();
+            let trail = special[lead..real].iter().rev().take_while(|&&s| s != 0).count();
+            let inner = &ids[lead..real - trail];
+            let mut rng = cx.rng(key);
+            for side in 0..2 {
+                view.clear();
+                view.extend_from_slice(&ids[..lead]);
+                self.view(inner, &mut rng, &mut view);
+                view.extend_from_slice(&ids[real - trail..real]);
+                let len = view.len().min(l);
+                cols[side * 2].extend_from_slice(&view[..len]);
+                cols[side * 2].extend(std::iter::repeat_n(self.pad, l - len));
+                cols[side * 2 + 1].extend(std::iter::repeat_n(1, len));
+                cols[side * 2 + 1].extend(std::iter::repeat_n(0, l - len));
+            }
+        }
+        let [a, am, b, bm] = cols;
+        Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            vec![
+                Arc::new(UInt64Array::from(keys.to_vec())),
+                fixed_list(a, l),
+                fixed_list(am, l),
+                fixed_list(b, l),
+                fixed_list(bm, l),
+            ],
+        )?)
+    }
+}
