@@ -66,12 +66,14 @@ fn bench(c: &mut Criterion) {
     let corpus =
         std::env::var_os("PRETEXT_BENCH_CORPUS").map(PathBuf::from).unwrap_or_else(|| generated_corpus(scratch.path()));
     let tokenizer = std::env::var("PRETEXT_BENCH_TOKENIZER").ok();
+    // The task, as YAML: MLM by default; e.g. `causal: { seq_len: 128 }` for causal packing.
+    let task = std::env::var("PRETEXT_BENCH_TASK").unwrap_or_else(|_| "mlm: { seq_len: 128 }".into());
     let tok_yaml = match &tokenizer {
         Some(t) => format!("{{ file: '{t}' }}"),
         None => "{ bytes: {} }".into(),
     };
     let yaml = format!(
-        "name: bench\nsource: {{ path: '{}' }}\ntokenizer: {tok_yaml}\ntask: {{ mlm: {{ seq_len: 128 }} }}\nstream: {{ workers: auto, batch_size: 1024 }}\nexport: {{ rows_per_file: 1000000 }}\n",
+        "name: bench\nsource: {{ path: '{}' }}\ntokenizer: {tok_yaml}\ntask: {{ {task} }}\nstream: {{ workers: auto, batch_size: 1024 }}\nexport: {{ rows_per_file: 1000000 }}\n",
         corpus.display()
     );
     let pipeline = pretext::spec::load_str(&yaml, "bench.yaml", PathBuf::from("."), &[]).unwrap();
@@ -88,7 +90,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(report.tokens));
     let mut run = 0;
-    g.bench_function("mlm_seq128_parquet_to_parquet", |b| {
+    g.bench_function("export_parquet_to_parquet", |b| {
         b.iter(|| {
             run += 1;
             let dir = scratch.path().join(format!("run{run}"));
@@ -99,6 +101,7 @@ fn bench(c: &mut Criterion) {
     });
     // The limit: the tokenizer alone on the same texts, same thread count.
     let tok: TextTokenizer = plan.tokenizer.clone();
+    let framing = plan.framing;
     let chunks: Vec<Vec<String>> = texts.chunks(texts.len().div_ceil(workers)).map(|c| c.to_vec()).collect();
     g.bench_function("tokenizer_alone", |b| {
         b.iter(|| {
@@ -108,7 +111,7 @@ fn bench(c: &mut Criterion) {
                     s.spawn(move || {
                         let mut enc = Encoded::default();
                         for t in chunk {
-                            tok.encode_into(t, None, false, &mut enc).unwrap();
+                            tok.encode_framed(t, framing, None, false, &mut enc).unwrap();
                             enc.clear();
                         }
                     });
