@@ -12,7 +12,7 @@ use arrow::array::{RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rand::Rng;
 
-use super::{fixed_list, fixed_list_field, list_values, Task, TaskContext};
+use super::{fixed_list, fixed_list_field, framed_rows, push_padded, Task, TaskContext};
 use crate::error::Result;
 
 /// How a view is made.
@@ -91,30 +91,18 @@ impl Task for Contrastive {
 
     fn apply(&self, batch: &RecordBatch, keys: &[u64], cx: &TaskContext) -> Result<RecordBatch> {
         let l = self.seq_len;
-        let ids = list_values(batch, "input_ids")?;
-        let special = list_values(batch, "special_tokens_mask")?;
-        let attention = list_values(batch, "attention_mask")?;
         let n = keys.len() * l;
         let mut cols: [Vec<i32>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
         let mut view = Vec::with_capacity(l);
-        for (row, &key) in keys.iter().enumerate() {
-            let r = row * l..(row + 1) * l;
-            let (ids, special, att) = (&ids[r.clone()], &special[r.clone()], &attention[r]);
-            let real = att.iter().take_while(|&&a| a != 0).count();
-            let lead = special[..real].iter().take_while(|&&s| s != 0).count();
-            let trail = special[lead..real].iter().rev().take_while(|&&s| s != 0).count();
-            let inner = &ids[lead..real - trail];
+        for (row, &key) in framed_rows(batch, l)?.iter().zip(keys) {
             let mut rng = cx.rng(key);
             for side in 0..2 {
                 view.clear();
-                view.extend_from_slice(&ids[..lead]);
-                self.view(inner, &mut rng, &mut view);
-                view.extend_from_slice(&ids[real - trail..real]);
-                let len = view.len().min(l);
-                cols[side * 2].extend_from_slice(&view[..len]);
-                cols[side * 2].extend(std::iter::repeat_n(self.pad, l - len));
-                cols[side * 2 + 1].extend(std::iter::repeat_n(1, len));
-                cols[side * 2 + 1].extend(std::iter::repeat_n(0, l - len));
+                view.extend_from_slice(row.prefix());
+                self.view(row.body(), &mut rng, &mut view);
+                view.extend_from_slice(row.suffix());
+                let [ids, mask] = &mut cols[side * 2..side * 2 + 2] else { unreachable!() };
+                push_padded(ids, mask, &view, l, self.pad);
             }
         }
         let [a, am, b, bm] = cols;

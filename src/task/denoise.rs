@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_distr::{Distribution, Poisson};
 
-use super::{fixed_list, fixed_list_field, list_values, Task, TaskContext};
+use super::{fixed_list, fixed_list_field, framed_rows, push_padded, Task, TaskContext};
 use crate::error::{Error, Result};
 use crate::task::mlm::IGNORE;
 
@@ -135,30 +135,18 @@ impl Task for Denoise {
 
     fn apply(&self, batch: &RecordBatch, keys: &[u64], cx: &TaskContext) -> Result<RecordBatch> {
         let l = self.seq_len;
-        let ids = list_values(batch, "input_ids")?;
-        let special = list_values(batch, "special_tokens_mask")?;
-        let attention = list_values(batch, "attention_mask")?;
         let n = keys.len() * l;
         let (mut inputs, mut labels, mut masks) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let mut row_out = Vec::with_capacity(l);
-        for (row, &key) in keys.iter().enumerate() {
-            let r = row * l..(row + 1) * l;
-            let (ids, special, att) = (&ids[r.clone()], &special[r.clone()], &attention[r]);
-            let real = att.iter().take_while(|&&a| a != 0).count();
-            let lead = special[..real].iter().take_while(|&&s| s != 0).count();
-            let trail = special[lead..real].iter().rev().take_while(|&&s| s != 0).count();
+        for (row, &key) in framed_rows(batch, l)?.iter().zip(keys) {
             let mut rng = cx.rng(key);
             row_out.clear();
-            row_out.extend_from_slice(&ids[..lead]);
-            self.corrupt(&ids[lead..real - trail], &mut rng, &mut row_out);
-            row_out.extend_from_slice(&ids[real - trail..real]);
-            let len = row_out.len().min(l);
-            inputs.extend_from_slice(&row_out[..len]);
-            inputs.extend(std::iter::repeat_n(self.pad, l - len));
-            masks.extend(std::iter::repeat_n(1, len));
-            masks.extend(std::iter::repeat_n(0, l - len));
-            labels.extend(ids[..real].iter().copied());
-            labels.extend(std::iter::repeat_n(IGNORE, l - real));
+            row_out.extend_from_slice(row.prefix());
+            self.corrupt(row.body(), &mut rng, &mut row_out);
+            row_out.extend_from_slice(row.suffix());
+            push_padded(&mut inputs, &mut masks, &row_out, l, self.pad);
+            labels.extend_from_slice(&row.ids[..row.real]);
+            labels.extend(std::iter::repeat_n(IGNORE, l - row.real));
         }
         Ok(RecordBatch::try_new(
             self.schema.clone(),

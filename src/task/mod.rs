@@ -70,3 +70,51 @@ pub fn list_values<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i32]> 
     let start = list.offset() * list.value_length() as usize;
     Ok(&values.values()[start..start + list.len() * list.value_length() as usize])
 }
+
+/// One per-document row split into its framing: `ids[..lead]` are leading special tokens
+/// (`[CLS]`), `ids[lead..real - trail]` the body, `ids[real - trail..real]` the trailing ones.
+pub struct FramedRow<'a> {
+    pub ids: &'a [i32],
+    pub lead: usize,
+    pub real: usize,
+    pub trail: usize,
+}
+
+impl<'a> FramedRow<'a> {
+    pub fn prefix(&self) -> &'a [i32] {
+        &self.ids[..self.lead]
+    }
+    pub fn body(&self) -> &'a [i32] {
+        &self.ids[self.lead..self.real - self.trail]
+    }
+    pub fn suffix(&self) -> &'a [i32] {
+        &self.ids[self.real - self.trail..self.real]
+    }
+}
+
+/// The rows of a per-document batch (`input_ids`, `special_tokens_mask`, `attention_mask` of
+/// `width`), split into framing and body.
+pub fn framed_rows(batch: &RecordBatch, width: usize) -> Result<Vec<FramedRow<'_>>> {
+    let ids = list_values(batch, "input_ids")?;
+    let special = list_values(batch, "special_tokens_mask")?;
+    let attention = list_values(batch, "attention_mask")?;
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            let r = row * width..(row + 1) * width;
+            let (ids, special, att) = (&ids[r.clone()], &special[r.clone()], &attention[r]);
+            let real = att.iter().take_while(|&&a| a != 0).count();
+            let lead = special[..real].iter().take_while(|&&s| s != 0).count();
+            let trail = special[lead..real].iter().rev().take_while(|&&s| s != 0).count();
+            FramedRow { ids, lead, real, trail }
+        })
+        .collect())
+}
+
+/// Appends `values` cut to `width` and padded with `pad` to `ids`, and its attention to `mask`.
+pub fn push_padded(ids: &mut Vec<i32>, mask: &mut Vec<i32>, values: &[i32], width: usize, pad: i32) {
+    let len = values.len().min(width);
+    ids.extend_from_slice(&values[..len]);
+    ids.extend(std::iter::repeat_n(pad, width - len));
+    mask.extend(std::iter::repeat_n(1, len));
+    mask.extend(std::iter::repeat_n(0, width - len));
+}
