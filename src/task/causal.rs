@@ -15,9 +15,9 @@
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 
-use super::{fixed_list, fixed_list_field, list_values, Task, TaskContext};
+use super::{fixed_list, key_and_lists, list_values, Task, TaskContext};
 use crate::error::Result;
 use crate::task::mlm::IGNORE;
 
@@ -34,14 +34,7 @@ pub struct Causal {
 /// Schema: `example_key`, then `input_ids`, `labels`, `position_ids`, `segment_ids`,
 /// `attention_mask` as fixed-size Int32 lists of `seq_len`.
 pub fn output_schema(seq_len: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("example_key", DataType::UInt64, false),
-        fixed_list_field("input_ids", seq_len),
-        fixed_list_field("labels", seq_len),
-        fixed_list_field("position_ids", seq_len),
-        fixed_list_field("segment_ids", seq_len),
-        fixed_list_field("attention_mask", seq_len),
-    ]))
+    key_and_lists(seq_len, &["input_ids", "labels", "position_ids", "segment_ids", "attention_mask"])
 }
 
 impl Causal {

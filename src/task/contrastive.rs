@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rand::Rng;
 
-use super::{fixed_list, fixed_list_field, framed_rows, push_padded, Task, TaskContext};
+use super::{fixed_list, framed_rows, key_and_lists, push_padded, Task, TaskContext};
 use crate::error::Result;
 
 /// How a view is made.
@@ -36,13 +36,7 @@ pub struct Contrastive {
 
 /// Schema: `example_key`, `input_ids_a`, `attention_mask_a`, `input_ids_b`, `attention_mask_b`.
 pub fn output_schema(seq_len: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("example_key", DataType::UInt64, false),
-        fixed_list_field("input_ids_a", seq_len),
-        fixed_list_field("attention_mask_a", seq_len),
-        fixed_list_field("input_ids_b", seq_len),
-        fixed_list_field("attention_mask_b", seq_len),
-    ]))
+    key_and_lists(seq_len, &["input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b"])
 }
 
 impl Contrastive {

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_distr::{Distribution, Poisson};
 
-use super::{fixed_list, fixed_list_field, framed_rows, push_padded, Task, TaskContext};
+use super::{fixed_list, framed_rows, key_and_lists, push_padded, Task, TaskContext};
 use crate::error::{Error, Result};
 use crate::task::mlm::IGNORE;
 
@@ -33,12 +33,7 @@ pub struct Denoise {
 
 /// Schema: `example_key`, then `input_ids`, `labels`, `attention_mask` of `seq_len`.
 pub fn output_schema(seq_len: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("example_key", DataType::UInt64, false),
-        fixed_list_field("input_ids", seq_len),
-        fixed_list_field("labels", seq_len),
-        fixed_list_field("attention_mask", seq_len),
-    ]))
+    key_and_lists(seq_len, &["input_ids", "labels", "attention_mask"])
 }
 
 impl Denoise {

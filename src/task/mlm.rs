@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rand::RngCore;
 
-use super::{fixed_list, fixed_list_field, list_values, Task, TaskContext};
+use super::{fixed_list, key_and_lists, list_values, Task, TaskContext};
 use crate::error::{Error, Result};
 use crate::spec::MlmSpec;
 
@@ -68,13 +68,7 @@ impl Mlm {
 
 /// The MLM example schema: `example_key`, then fixed-size Int32 lists of `seq_len`.
 pub fn output_schema(seq_len: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("example_key", DataType::UInt64, false),
-        fixed_list_field("input_ids", seq_len),
-        fixed_list_field("attention_mask", seq_len),
-        fixed_list_field("labels", seq_len),
-        fixed_list_field("special_tokens_mask", seq_len),
-    ]))
+    key_and_lists(seq_len, &["input_ids", "attention_mask", "labels", "special_tokens_mask"])
 }
 
 impl Task for Mlm {

@@ -118,3 +118,11 @@ pub fn push_padded(ids: &mut Vec<i32>, mask: &mut Vec<i32>, values: &[i32], widt
     mask.extend(std::iter::repeat_n(1, len));
     mask.extend(std::iter::repeat_n(0, width - len));
 }
+
+/// The usual example schema: `example_key: UInt64`, then one `FixedSizeList<Int32, seq_len>`
+/// per name.
+pub fn key_and_lists(seq_len: usize, names: &[&str]) -> SchemaRef {
+    let mut fields = vec![Field::new("example_key", DataType::UInt64, false)];
+    fields.extend(names.iter().map(|n| fixed_list_field(n, seq_len)));
+    Arc::new(arrow::datatypes::Schema::new(fields))
+}
