@@ -2,7 +2,8 @@
 //!
 //! A YAML pipeline ([`spec`]) is checked, resolved into a [`plan::Plan`] (source files through
 //! DataFusion, a tokenizer, a pretext [`task`]), and run as lazy Arrow [`BatchStream`]s
-//! ([`stream`]) into a sink ([`sink`]): a Parquet export with a manifest, or a preview.
+//! ([`stream`]) into a sink ([`sink`]): a Parquet export with a manifest, or a preview; or into
+//! a candle trainer ([`train`]) with checkpoints and exact resume.
 //!
 //! Every random decision for an example is a pure function of `(seed, epoch, example_key)`,
 //! so output bytes do not depend on the number of worker threads.
@@ -17,6 +18,7 @@ pub mod spec;
 pub mod stream;
 pub mod task;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use plan::{BuildOptions, Plan};

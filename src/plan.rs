@@ -88,6 +88,9 @@ impl Plan {
         let (tokenizer, tokenizer_file) = build_tokenizer(&pipeline, &source, opts).await?;
         let stream = &pipeline.spec.stream;
         let built = build_task(&pipeline, &tokenizer)?;
+        if source.format == crate::spec::Format::Pretext {
+            source.check_examples(&pipeline, &built.task.output_schema()).await?;
+        }
         Ok(Arc::new(Plan {
             seed: pipeline.spec.seed,
             epochs: stream.epochs,
@@ -255,6 +258,18 @@ async fn build_tokenizer(
             Ok((tok, Some(path)))
         }
         TokenizerSpec::Train(_) if opts.check_only => Ok((TextTokenizer::bytes(), None)),
+        TokenizerSpec::Train(_) if source.format == crate::spec::Format::Pretext => {
+            // An export saves the tokenizer it trained beside its parts.
+            let p = source.root.join("tokenizer.json");
+            if !p.is_file() {
+                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(
+                    &["tokenizer"],
+                    format!("`format: pretext` with a trained tokenizer needs `{}`, which does not exist", p.display()),
+                    Some("point `tokenizer: { file: … }` at the tokenizer.json the examples were made with".into()),
+                )])));
+            }
+            Ok((TextTokenizer::from_file(&p)?, Some(p)))
+        }
         TokenizerSpec::Train(t) => {
             let saved = opts.tokenizer_dir.as_ref().map(|d| d.join("tokenizer.json"));
             let describe = |tok: &tokenizers::Tokenizer| {

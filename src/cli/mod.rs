@@ -1,8 +1,10 @@
 //! The command line: one file per command.
 
 mod export;
+mod plot;
 mod preview;
 mod schema;
+mod train;
 mod validate;
 
 use std::path::PathBuf;
@@ -54,6 +56,26 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Train a model on the pipeline's examples as they are made; checkpoints and exact resume.
+    Train {
+        file: PathBuf,
+        /// Run directory (default: `train.checkpoint.dir`, else `runs/<name>`).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Continue from the newest checkpoint in the run directory.
+        #[arg(long)]
+        resume: bool,
+        /// No progress bar or log lines.
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Draw a run's loss and throughput (`<run>/metrics.png` and `.svg`).
+    Plot {
+        /// The run directory (`runs/<name>`).
+        run_dir: PathBuf,
+    },
     /// Print the JSON Schema of pipeline files, or write it (and the task output schemas).
     Schema {
         /// Write `pipeline.schema.json` and `tasks/*.json` into the schemas directory.
@@ -71,6 +93,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Validate { files, sets } => validate::run(&files, &sets),
         Command::Preview { file, n, sets } => preview::run(&file, n, &sets),
         Command::Export { file, out, resume, quiet, sets } => export::run(&file, out, resume, quiet, &sets),
+        Command::Train { file, run_dir, resume, quiet, sets } => train::run(&file, run_dir, resume, quiet, &sets),
+        Command::Plot { run_dir } => plot::run(&run_dir),
         Command::Schema { write, dir } => schema::run(write, &dir),
     }
 }

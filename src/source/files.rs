@@ -28,7 +28,7 @@ const JSONL: &[&str] = &["jsonl", "ndjson", "json"];
 
 fn extensions(format: Format) -> &'static [&'static str] {
     match format {
-        Format::Parquet => PARQUET,
+        Format::Parquet | Format::Pretext => PARQUET,
         Format::Arrow => ARROW,
         Format::Csv => CSV,
         Format::Jsonl => JSONL,

@@ -89,7 +89,7 @@ impl Source {
     /// has the configured columns (and that the SQL plans against it).
     pub async fn open(pipeline: &Pipeline) -> Result<Source> {
         let (root, files, format) = files::list(pipeline)?;
-        if format == Format::Parquet {
+        if matches!(format, Format::Parquet | Format::Pretext) {
             files::check_parquet_footers(&files)?;
         }
         let spec = &pipeline.spec.source;
@@ -102,6 +102,10 @@ impl Source {
             key_column: spec.key_column.clone(),
             stats: Arc::new(SourceStats::default()),
         };
+        if format == Format::Pretext {
+            // Checked against the task's schema once the task is built (`check_examples`).
+            return Ok(source);
+        }
         let ctx = new_context();
         let mut errors = Vec::new();
         for f in &source.files {
@@ -165,7 +169,7 @@ impl Source {
         let path = f.path.to_string_lossy().to_string();
         let ext = f.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
         let df = match self.format {
-            Format::Parquet => {
+            Format::Parquet | Format::Pretext => {
                 ctx.read_parquet(path, ParquetReadOptions { file_extension: &ext, ..Default::default() }).await
             }
             Format::Arrow => {
@@ -206,6 +210,18 @@ impl Source {
     /// `opts.shuffle` permutes the file order with a seed (per epoch); `opts.count` adds to
     /// [`SourceStats`] (once per run, not per epoch).
     pub fn scan(&self, shard: Shard, opts: ScanOptions) -> BatchStream {
+        self.scan_inner(shard, opts, None)
+    }
+
+    /// Streams ready-made examples (`format: pretext`: an export, or any Parquet holding the
+    /// task's columns) as batches of `schema`, with the same file order, split and sharding
+    /// (by example ordinal) as documents.
+    pub fn scan_examples(&self, shard: Shard, opts: ScanOptions, schema: SchemaRef) -> BatchStream {
+        self.scan_inner(shard, opts, Some(schema))
+    }
+
+    fn scan_inner(&self, shard: Shard, opts: ScanOptions, examples: Option<SchemaRef>) -> BatchStream {
+        let out_schema = examples.clone().unwrap_or_else(doc_schema);
         let mut order: Vec<usize> = (0..self.files.len()).collect();
         if let Some(seed) = opts.shuffle_seed {
             use rand::seq::SliceRandom;
@@ -221,6 +237,8 @@ impl Source {
             ordinal: 0,
             shard,
             count: opts.count,
+            split: opts.split,
+            examples,
         };
         let stream = futures::stream::try_unfold(state, |mut st| async move {
             loop {
@@ -237,7 +255,10 @@ impl Source {
                             let start = *row;
                             *row += batch.num_rows() as u64;
                             let fi = *file_idx;
-                            let out = st.documents(&batch, fi, start)?;
+                            let out = match st.examples.clone() {
+                                Some(schema) => st.examples(&batch, fi, &schema)?,
+                                None => st.documents(&batch, fi, start)?,
+                            };
                             if out.num_rows() > 0 {
                                 return Ok(Some((out, st)));
                             }
@@ -266,7 +287,36 @@ impl Source {
             }
         })
         .map(|r: Result<RecordBatch>| r.map_err(datafusion::error::DataFusionError::from));
-        Box::pin(RecordBatchStreamAdapter::new(doc_schema(), stream))
+        Box::pin(RecordBatchStreamAdapter::new(out_schema, stream))
+    }
+
+    /// Checks that every file holds `schema`'s columns with the same types (`format: pretext`).
+    pub async fn check_examples(&self, pipeline: &Pipeline, schema: &SchemaRef) -> Result<()> {
+        let ctx = new_context();
+        for f in &self.files {
+            let df = self.frame(&ctx, f).await.map_err(|e| match e {
+                FrameError::Read(e) => {
+                    Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace()))
+                }
+                FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
+            })?;
+            let have = df.schema();
+            for want in schema.fields() {
+                let problem = match have.fields().iter().find(|h| h.name() == want.name()) {
+                    None => format!("has no column `{}`", want.name()),
+                    Some(h) if h.data_type() != want.data_type() => {
+                        format!("column `{}` is {}, the task needs {}", want.name(), h.data_type(), want.data_type())
+                    }
+                    Some(_) => continue,
+                };
+                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(
+                    &["source", "format"],
+                    format!("`{}` does not hold `task.{}` examples: it {problem}", f.relative, pipeline.spec.task_name()),
+                    Some("`format: pretext` reads an export of the same task and seq_len (`pretext export`); use the pipeline that made it".into()),
+                )])));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -298,6 +348,35 @@ enum FrameError {
 pub struct ScanOptions {
     pub shuffle_seed: Option<u64>,
     pub count: bool,
+    /// Which documents: all, or one side of a held-out split.
+    pub split: Split,
+}
+
+/// A deterministic document split: a document is held out when a hash of its key and the seed
+/// falls below `fraction` of the hash range, so the split does not depend on order or sharding.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Split {
+    #[default]
+    All,
+    /// Documents not held out.
+    Train { fraction: f64, seed: u64 },
+    /// The held-out documents.
+    Eval { fraction: f64, seed: u64 },
+}
+
+impl Split {
+    /// Whether the document with `key` belongs to this side.
+    pub fn contains(&self, key: u64) -> bool {
+        let held_out = |fraction: f64, seed: u64| {
+            let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key.to_le_bytes(), seed ^ 0x4556_414c);
+            (h as f64) < fraction * 18_446_744_073_709_551_616.0
+        };
+        match *self {
+            Split::All => true,
+            Split::Train { fraction, seed } => !held_out(fraction, seed),
+            Split::Eval { fraction, seed } => held_out(fraction, seed),
+        }
+    }
 }
 
 struct ScanState {
@@ -309,9 +388,45 @@ struct ScanState {
     ordinal: u64,
     shard: Shard,
     count: bool,
+    split: Split,
+    /// `Some(task schema)` when reading ready-made examples.
+    examples: Option<SchemaRef>,
 }
 
 impl ScanState {
+    /// Ready-made examples: the task's columns, filtered by split and shard.
+    fn examples(&mut self, batch: &RecordBatch, fi: usize, schema: &SchemaRef) -> Result<RecordBatch> {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                batch.column_by_name(f.name()).cloned().ok_or_else(|| {
+                    Error::data(format!("column `{}` disappeared from `{}`", f.name(), self.source.files[fi].relative))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let keys = columns[0].as_primitive_opt::<arrow::datatypes::UInt64Type>().ok_or_else(|| {
+            Error::data(format!("`example_key` in `{}` is not UInt64", self.source.files[fi].relative))
+        })?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for &k in keys.values().iter() {
+            let ok = self.split.contains(k) && {
+                let mine = self.ordinal % self.shard.world_size == self.shard.rank;
+                self.ordinal += 1;
+                mine
+            };
+            keep.push(ok);
+        }
+        if self.count {
+            self.source.stats.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            self.source.stats.documents.fetch_add(keep.iter().filter(|k| **k).count() as u64, Ordering::Relaxed);
+        }
+        let out = RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
+            Error::data(format!("`{}` does not hold valid examples: {e}", self.source.files[fi].relative))
+        })?;
+        Ok(arrow::compute::filter_record_batch(&out, &BooleanArray::from(keep))?)
+    }
+
     /// Keys, blank/null filtering and sharding for one batch of file `fi` starting at `row`.
     fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
         let src = &self.source;
@@ -342,12 +457,14 @@ impl ScanState {
         };
         let mut keep = Vec::with_capacity(n);
         let (mut nulls, mut blanks, mut docs) = (0u64, 0u64, 0u64);
-        for i in 0..n {
+        for (i, &key) in keys.iter().enumerate() {
             let ok = if text.is_null(i) {
                 nulls += 1;
                 false
             } else if text.value(i).trim().is_empty() {
                 blanks += 1;
+                false
+            } else if !self.split.contains(key) {
                 false
             } else {
                 let mine = self.ordinal % self.shard.world_size == self.shard.rank;

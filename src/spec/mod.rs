@@ -332,6 +332,9 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
         }
         TaskSpec::Causal(_) => {}
     }
+    if let Some(train) = &spec.train {
+        train_rules(spec, train, &mut issues);
+    }
     let seq_len = spec.task.seq_len();
     if let Some(w) = spec.stream.shuffle.window_rows() {
         let values = w as u64 * seq_len as u64;
@@ -415,3 +418,98 @@ fn apply_override(tree: &mut Node, text: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// The model each task trains by default, and the YAML name of its kind.
+pub fn default_model(task: &TaskSpec) -> ModelSpec {
+    match task {
+        TaskSpec::Mlm(_) | TaskSpec::ContrastiveText(_) => ModelSpec::Encoder(EncoderSpec::default()),
+        TaskSpec::Causal(_) => ModelSpec::Decoder(BlockSizes::default()),
+        TaskSpec::Span(_) | TaskSpec::Denoise(_) => ModelSpec::Seq2seq(BlockSizes::default()),
+    }
+}
+
+impl ModelSpec {
+    /// `encoder`, `decoder` or `seq2seq`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelSpec::Encoder(_) => "encoder",
+            ModelSpec::Decoder(_) => "decoder",
+            ModelSpec::Seq2seq(_) => "seq2seq",
+        }
+    }
+
+    /// The transformer sizes.
+    pub fn sizes(&self) -> BlockSizes {
+        match self {
+            ModelSpec::Encoder(e) => e.sizes(),
+            ModelSpec::Decoder(s) | ModelSpec::Seq2seq(s) => s.clone(),
+        }
+    }
+}
+
+/// A parsed `train.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    pub fn parse(s: &str) -> Option<DeviceChoice> {
+        match s {
+            "auto" => Some(DeviceChoice::Auto),
+            "cpu" => Some(DeviceChoice::Cpu),
+            "cuda" => Some(DeviceChoice::Cuda(0)),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(DeviceChoice::Cuda),
+        }
+    }
+}
+
+fn train_rules(spec: &PipelineSpec, train: &TrainSpec, issues: &mut Vec<Issue>) {
+    let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let task = spec.task_name();
+    let wanted = default_model(&spec.task).kind();
+    if let Some(model) = &train.model {
+        if model.kind() != wanted {
+            issues.push(Issue::at_key(
+                &p(&["train", "model", model.kind()]),
+                format!("task `{task}` trains the `{wanted}` model, not `{}`", model.kind()),
+                Some(format!("write `model: {{ {wanted}: {{ layers: 4, hidden: 256, heads: 4 }} }}`")),
+            ));
+        } else {
+            let s = model.sizes();
+            if s.hidden % s.heads != 0 {
+                issues.push(Issue::at(
+                    &p(&["train", "model", model.kind(), "heads"]),
+                    format!("hidden size {} is not a multiple of heads {}", s.hidden, s.heads),
+                    Some(format!("use heads that divide {} (e.g. {})", s.hidden, largest_divisor(s.hidden, s.heads))),
+                ));
+            }
+        }
+    }
+    match DeviceChoice::parse(&train.device) {
+        None => issues.push(Issue::at(
+            &p(&["train", "device"]),
+            format!("unknown device {:?}", train.device),
+            Some("use `auto`, `cpu` or `cuda:N` (e.g. `cuda:0`)".into()),
+        )),
+        Some(DeviceChoice::Cpu) if train.dtype == DTypeSpec::Bf16 => issues.push(Issue::at(
+            &p(&["train", "dtype"]),
+            "`dtype: bf16` needs a CUDA device; the CPU trainer computes in f32".into(),
+            Some("use `dtype: f32`, or `device: cuda:0` with a build made with `--features cuda`".into()),
+        )),
+        Some(_) => {}
+    }
+    if train.schedule.warmup_steps > train.steps {
+        issues.push(Issue::at(
+            &p(&["train", "schedule", "warmup_steps"]),
+            format!("warmup_steps {} is more than steps {}", train.schedule.warmup_steps, train.steps),
+            Some("warmup is usually 1-10% of the steps".into()),
+        ));
+    }
+}
+
+fn largest_divisor(hidden: u32, below: u32) -> u32 {
+    (1..=below.min(hidden)).rev().find(|h| hidden % h == 0).unwrap_or(1)
+}

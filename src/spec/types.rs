@@ -27,10 +27,9 @@ pub struct PipelineSpec {
     /// Where `pretext export` writes the dataset.
     #[serde(default)]
     pub export: ExportSpec,
-    /// Training settings for `pretext train` (accepted; not used by this version).
+    /// Training settings for `pretext train`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("type" = "object"))]
-    pub train: Option<serde_json::Value>,
+    pub train: Option<TrainSpec>,
 }
 
 fn default_seed() -> u64 {
@@ -45,6 +44,9 @@ pub enum Format {
     Arrow,
     Csv,
     Jsonl,
+    /// Ready-made examples: a `pretext export` directory (or Parquet files with the task's
+    /// columns). The tokenizer and the task are not run; the task section must match the export.
+    Pretext,
 }
 
 /// Where rows come from.
@@ -521,4 +523,371 @@ fn default_zstd_level() -> i32 {
 }
 fn default_row_group_rows() -> u32 {
     8192
+}
+
+/// How `pretext train` trains a model on the stream. Training runs `steps` optimizer steps,
+/// starting a new epoch (fresh masks, new shuffle) whenever the source runs out; `stream.epochs`
+/// applies to exports only.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// The model (exactly one): `encoder` for `mlm` and `contrastive_text`, `decoder` for
+    /// `causal`, `seq2seq` for `span` and `denoise`. Default: the task's model, default sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    /// Learning-rate schedule: linear warmup, then decay.
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    /// Rows per training batch. Default: `stream.batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub batch_size: Option<u32>,
+    /// Optimizer steps to run (each uses `accumulate` batches).
+    #[serde(default = "default_steps")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub steps: u64,
+    /// Batches whose gradients are summed before each optimizer step.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub accumulate: u32,
+    /// Clip gradients to this global L2 norm; `0` disables clipping.
+    #[serde(default = "default_clip")]
+    #[schemars(range(min = 0.0))]
+    pub clip_grad_norm: f64,
+    /// `auto` (CUDA when built with `--features cuda` and a GPU is present, else CPU), `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Parameter and activation type: `f32`, or `bf16` on CUDA.
+    #[serde(default)]
+    pub dtype: DTypeSpec,
+    /// Ready batches queued between the pipeline and the trainer.
+    #[serde(default = "default_prefetch")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub prefetch: u32,
+    /// Write a metrics line every this many steps.
+    #[serde(default = "default_log_every")]
+    #[schemars(range(min = 1))]
+    pub log_every: u64,
+    /// Temperature of the contrastive (InfoNCE) loss; SimCSE uses 0.05.
+    #[serde(default = "default_temperature")]
+    #[schemars(range(min = 0.0001, max = 100.0))]
+    pub temperature: f64,
+    /// Run directory, checkpoint interval and how many checkpoints to keep.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// Held-out evaluation on a deterministic split of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSpec>,
+}
+
+fn default_steps() -> u64 {
+    1000
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_prefetch() -> u32 {
+    4
+}
+fn default_log_every() -> u64 {
+    10
+}
+fn default_temperature() -> f64 {
+    0.05
+}
+
+/// Floating-point type of the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeSpec {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// The model (exactly one choice).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// BERT-style encoder: post-LN blocks, GELU, MLM head tied to the embeddings.
+    Encoder(EncoderSpec),
+    /// GPT-2-style decoder: pre-LN blocks, causal attention inside each packed document.
+    Decoder(BlockSizes),
+    /// T5-style encoder-decoder with relative position buckets.
+    Seq2seq(BlockSizes),
+}
+
+/// Transformer sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockSizes {
+    /// Transformer blocks (per stack for `seq2seq`).
+    #[serde(default = "default_layers")]
+    #[schemars(range(min = 1, max = 256))]
+    pub layers: u32,
+    /// Hidden size; a multiple of `heads`.
+    #[serde(default = "default_hidden")]
+    #[schemars(range(min = 8, max = 65536))]
+    pub hidden: u32,
+    /// Attention heads.
+    #[serde(default = "default_heads")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub heads: u32,
+    /// Feed-forward size. Default: 4 × hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub ffn: Option<u32>,
+    /// Dropout probability on embeddings, attention weights and block outputs.
+    #[serde(default = "default_dropout")]
+    #[schemars(range(min = 0.0, max = 0.9))]
+    pub dropout: f64,
+}
+
+impl Default for BlockSizes {
+    fn default() -> Self {
+        BlockSizes {
+            layers: default_layers(),
+            hidden: default_hidden(),
+            heads: default_heads(),
+            ffn: None,
+            dropout: default_dropout(),
+        }
+    }
+}
+
+impl BlockSizes {
+    /// The feed-forward size.
+    pub fn ffn(&self) -> usize {
+        self.ffn.map(|f| f as usize).unwrap_or(4 * self.hidden as usize)
+    }
+}
+
+/// Encoder sizes, plus how `contrastive_text` pools a sequence into one vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSpec {
+    /// Transformer blocks.
+    #[serde(default = "default_layers")]
+    #[schemars(range(min = 1, max = 256))]
+    pub layers: u32,
+    /// Hidden size; a multiple of `heads`.
+    #[serde(default = "default_hidden")]
+    #[schemars(range(min = 8, max = 65536))]
+    pub hidden: u32,
+    /// Attention heads.
+    #[serde(default = "default_heads")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub heads: u32,
+    /// Feed-forward size. Default: 4 × hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub ffn: Option<u32>,
+    /// Dropout probability on embeddings, attention weights and block outputs.
+    #[serde(default = "default_dropout")]
+    #[schemars(range(min = 0.0, max = 0.9))]
+    pub dropout: f64,
+    /// `mean` over real tokens, or the first (`cls`) token; then a dense + tanh projection.
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+impl Default for EncoderSpec {
+    fn default() -> Self {
+        let s = BlockSizes::default();
+        EncoderSpec {
+            layers: s.layers,
+            hidden: s.hidden,
+            heads: s.heads,
+            ffn: s.ffn,
+            dropout: s.dropout,
+            pooling: Pooling::default(),
+        }
+    }
+}
+
+impl EncoderSpec {
+    /// The transformer sizes.
+    pub fn sizes(&self) -> BlockSizes {
+        BlockSizes { layers: self.layers, hidden: self.hidden, heads: self.heads, ffn: self.ffn, dropout: self.dropout }
+    }
+}
+
+/// Sequence pooling for contrastive training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Mean,
+    Cls,
+}
+
+fn default_layers() -> u32 {
+    4
+}
+fn default_hidden() -> u32 {
+    256
+}
+fn default_heads() -> u32 {
+    4
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// The optimizer (exactly one choice).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// AdamW with decoupled weight decay (none on biases and norm weights).
+    Adamw(AdamWSpec),
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        OptimizerSpec::Adamw(AdamWSpec::default())
+    }
+}
+
+/// AdamW settings (PyTorch defaults but the learning rate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWSpec {
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub lr: f64,
+    /// Decoupled weight decay.
+    #[serde(default = "default_weight_decay")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub weight_decay: f64,
+    /// β₁ (first-moment decay).
+    #[serde(default = "default_beta1")]
+    #[schemars(range(min = 0.0, max = 0.99999))]
+    pub beta1: f64,
+    /// β₂ (second-moment decay).
+    #[serde(default = "default_beta2")]
+    #[schemars(range(min = 0.0, max = 0.99999999))]
+    pub beta2: f64,
+    /// Added to the denominator.
+    #[serde(default = "default_eps")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub eps: f64,
+}
+
+impl Default for AdamWSpec {
+    fn default() -> Self {
+        AdamWSpec {
+            lr: default_lr(),
+            weight_decay: default_weight_decay(),
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+        }
+    }
+}
+
+fn default_lr() -> f64 {
+    5e-4
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// Linear warmup to the peak learning rate, then decay to `min_lr_ratio` × peak at `steps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Steps of linear warmup.
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: u64,
+    /// `cosine`, `linear` or `constant` after warmup.
+    #[serde(default)]
+    pub decay: Decay,
+    /// Final learning rate as a share of the peak.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        ScheduleSpec { warmup_steps: default_warmup(), decay: Decay::default(), min_lr_ratio: 0.0 }
+    }
+}
+
+fn default_warmup() -> u64 {
+    100
+}
+
+/// Decay after warmup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Decay {
+    #[default]
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// Where a run writes and how often it checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Run directory (metrics, checkpoints, tokenizer). Default: `runs/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Checkpoint every this many steps (and always at the end). Default: 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub every_steps: Option<u64>,
+    /// Checkpoints kept (older ones are deleted). Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep: Option<u32>,
+}
+
+/// Held-out evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Share of documents held out, chosen by a hash of the example key and the seed.
+    #[serde(default = "default_eval_fraction")]
+    #[schemars(range(min = 0.0001, max = 0.5))]
+    pub fraction: f64,
+    /// Evaluate every this many steps (and at the end).
+    #[serde(default = "default_eval_every")]
+    #[schemars(range(min = 1))]
+    pub every_steps: u64,
+    /// At most this many batches of the held-out split per evaluation.
+    #[serde(default = "default_eval_batches")]
+    #[schemars(range(min = 1))]
+    pub batches: u32,
+}
+
+fn default_eval_fraction() -> f64 {
+    0.01
+}
+fn default_eval_every() -> u64 {
+    200
+}
+fn default_eval_batches() -> u32 {
+    20
 }

@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::source::ScanOptions;
+use crate::source::{ScanOptions, Split};
 use crate::task::TaskContext;
 use crate::tokenize::{Encoded, Framing, TextTokenizer};
 use crate::BatchStream;
@@ -191,11 +191,21 @@ fn adapt(
 impl Plan {
     /// Examples of one epoch, before shuffling and batching.
     pub fn epoch_examples(self: &Arc<Self>, epoch: u32) -> BatchStream {
+        self.split_examples(epoch, Split::All)
+    }
+
+    /// Examples of one epoch of one side of a split, before shuffling and batching.
+    pub fn split_examples(self: &Arc<Self>, epoch: u32, split: Split) -> BatchStream {
         // With shuffling on, every epoch also reads the files in its own seeded order.
         let shuffle_seed = self
             .shuffle_window
             .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
-        let docs = self.source.scan(self.shard, ScanOptions { shuffle_seed, count: epoch == 0 });
+        let opts = ScanOptions { shuffle_seed, count: epoch == 0 && split == Split::All, split };
+        if self.source.format == crate::spec::Format::Pretext {
+            // Ready-made examples: no tokenizing, packing or task.
+            return self.source.scan_examples(self.shard, opts, self.task.output_schema());
+        }
+        let docs = self.source.scan(self.shard, opts);
         let tok = self.tokenizer.clone();
         let max_len = if self.packing == Packing::PerDocument { Some(self.row_len) } else { None };
         let (words, framing) = (self.whole_word, self.framing);
@@ -223,31 +233,28 @@ impl Plan {
     pub fn stream(self: &Arc<Self>) -> BatchStream {
         let schema = self.task.output_schema();
         let plan = self.clone();
-        let epochs = futures::stream::iter(0..self.epochs).map(move |epoch| {
-            let schema = plan.task.output_schema();
-            let examples = plan.epoch_examples(epoch);
-            let examples = match plan.shuffle_window {
-                None => examples,
-                Some(w) => {
-                    let sh = WindowShuffle::new(schema.clone(), w, plan.seed, epoch);
-                    stateful(
-                        examples,
-                        schema.clone(),
-                        sh,
-                        |s, b| s.push(b),
-                        |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
-                    )
-                }
-            };
-            let rb = Rebatch::new(schema.clone(), plan.batch_size);
-            stateful(
-                examples,
-                schema,
-                rb,
-                |r, b| r.push(b),
-                |mut r| async move { Ok(r.flush()?.into_iter().collect()) },
-            )
-        });
+        let epochs = futures::stream::iter(0..self.epochs).map(move |epoch| plan.epoch_batches(epoch, Split::All));
         adapt(schema, epochs.flatten())
+    }
+
+    /// One epoch of one side of a split, shuffled when configured, in batches of `batch_size`.
+    pub fn epoch_batches(self: &Arc<Self>, epoch: u32, split: Split) -> BatchStream {
+        let schema = self.task.output_schema();
+        let examples = self.split_examples(epoch, split);
+        let examples = match self.shuffle_window {
+            None => examples,
+            Some(w) => {
+                let sh = WindowShuffle::new(schema.clone(), w, self.seed, epoch);
+                stateful(
+                    examples,
+                    schema.clone(),
+                    sh,
+                    |s, b| s.push(b),
+                    |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
+                )
+            }
+        };
+        let rb = Rebatch::new(schema.clone(), self.batch_size);
+        stateful(examples, schema, rb, |r, b| r.push(b), |mut r| async move { Ok(r.flush()?.into_iter().collect()) })
     }
 }

@@ -1,0 +1,167 @@
+//! Checkpoints: `checkpoint-<step>/{model.safetensors, optimizer.safetensors, state.json}`,
+//! written into a hidden temporary directory and renamed into place, so a crash never leaves a
+//! half-written checkpoint that looks complete.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::spec::{canonical_json, Pipeline};
+use crate::train::models::Model;
+use crate::train::optim::AdamW;
+
+pub const STATE_VERSION: u32 = 1;
+
+/// Where the stream stands: the next batch to train on is batch `batch` of epoch `epoch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u32,
+    pub batch: u64,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    pub cursor: Cursor,
+    /// Hash of the settings a resumed run must share (see [`run_settings`]).
+    pub pipeline_hash: String,
+    /// Those settings, to say which differ when the hash does not match.
+    pub settings: Value,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    pub tokens_seen: u64,
+    pub train_seconds: f64,
+    pub data_wait_seconds: f64,
+    pub last_loss: Option<f64>,
+    pub last_eval_loss: Option<f64>,
+}
+
+/// The resolved pipeline without what may change between a run and its resumption: the name,
+/// export settings, worker count, and the run's bookkeeping (`steps`, `checkpoint`, `prefetch`,
+/// `log_every`, `eval.every_steps`, `device`).
+pub fn run_settings(pipeline: &Pipeline) -> Value {
+    let mut v = pipeline.resolved_json();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("name");
+        o.remove("export");
+        if let Some(s) = o.get_mut("stream").and_then(Value::as_object_mut) {
+            s.remove("workers");
+            // `stream.epochs` bounds exports only; training runs `train.steps` steps.
+            s.remove("epochs");
+        }
+        if let Some(t) = o.get_mut("train").and_then(Value::as_object_mut) {
+            for k in ["steps", "checkpoint", "prefetch", "log_every", "device"] {
+                t.remove(k);
+            }
+            if let Some(e) = t.get_mut("eval").and_then(Value::as_object_mut) {
+                e.remove("every_steps");
+            }
+        }
+    }
+    v
+}
+
+pub fn settings_hash(settings: &Value) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical_json(settings).as_bytes()))
+}
+
+/// The YAML paths whose values differ between two settings trees, with both values.
+pub fn differences(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff(old, new, &mut Vec::new(), &mut out);
+    out
+}
+
+fn diff(old: &Value, new: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                path.push(k.clone());
+                diff(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), path, out);
+                path.pop();
+            }
+        }
+        (a, b) if a != b => {
+            let show = |v: &Value| if v.is_null() { "(unset)".to_string() } else { v.to_string() };
+            out.push(format!("{}: {} → {}", path.join("."), show(a), show(b)));
+        }
+        _ => {}
+    }
+}
+
+/// The checkpoints in `run_dir`, oldest first.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(run_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(run_dir, "read directory", e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(run_dir, "read directory", e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("checkpoint-").and_then(|s| s.parse::<u64>().ok()) {
+            if entry.path().join("state.json").is_file() {
+                out.push((step, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes a checkpoint for `state.step` and deletes all but the newest `keep`.
+pub fn save(run_dir: &Path, model: &Model, opt: &AdamW, state: &State, keep: usize) -> Result<PathBuf> {
+    let name = format!("checkpoint-{:07}", state.step);
+    let tmp = run_dir.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, "remove", e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create directory", e))?;
+    model.params.save(&tmp.join("model.safetensors"))?;
+    opt.save(&tmp.join("optimizer.safetensors"))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::internal(format!("state.json: {e}")))?;
+    std::fs::write(tmp.join("state.json"), json).map_err(|e| Error::io(&tmp, "write state.json in", e))?;
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        let p = tmp.join(f);
+        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, "sync", e))?;
+    }
+    let dest = run_dir.join(&name);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, "replace", e))?;
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, "rename into", e))?;
+    let all = list(run_dir)?;
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, "remove old checkpoint", e))?;
+    }
+    Ok(dest)
+}
+
+/// Reads `state.json` of a checkpoint.
+pub fn read_state(dir: &Path) -> Result<State> {
+    let p = dir.join("state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, "read", e))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| {
+        Error::data_hint(
+            format!("`{}` is not a valid checkpoint state: {e}", p.display()),
+            "resume from an older checkpoint",
+        )
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(Error::data(format!(
+            "`{}` has checkpoint version {}, this pretext reads version {STATE_VERSION}",
+            p.display(),
+            state.version
+        )));
+    }
+    Ok(state)
+}

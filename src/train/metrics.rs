@@ -1,0 +1,94 @@
+//! `metrics.jsonl` and `metrics.csv` in the run directory: one line per logging window.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One metrics line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub step: u64,
+    pub epoch: u32,
+    /// Mean training loss over the steps since the previous line.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping, at this step.
+    pub grad_norm: f64,
+    /// Token positions per second over the window (waiting included).
+    pub tokens_per_s: f64,
+    /// Seconds spent waiting for data in the window.
+    pub data_wait_s: f64,
+    /// Seconds spent computing in the window.
+    pub compute_s: f64,
+    pub tokens_seen: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+const COLUMNS: &str = "step,epoch,loss,lr,grad_norm,tokens_per_s,data_wait_s,compute_s,tokens_seen,eval_loss";
+
+pub struct Metrics {
+    jsonl: std::fs::File,
+    csv: std::fs::File,
+    dir: PathBuf,
+}
+
+impl Metrics {
+    /// Opens the metrics files of `dir`; keeps the lines up to `keep_through` (a resumed run's
+    /// checkpoint step) and drops later ones, which a crashed run wrote after its checkpoint.
+    pub fn open(dir: &Path, keep_through: Option<u64>) -> Result<Metrics> {
+        let jsonl_path = dir.join("metrics.jsonl");
+        let csv_path = dir.join("metrics.csv");
+        let kept: Vec<Record> = match keep_through {
+            Some(step) => read(dir)?.into_iter().filter(|r| r.step <= step).collect(),
+            None => Vec::new(),
+        };
+        let create = |p: &Path| std::fs::File::create(p).map_err(|e| Error::io(p, "create", e));
+        let mut m = Metrics { jsonl: create(&jsonl_path)?, csv: create(&csv_path)?, dir: dir.to_path_buf() };
+        writeln!(m.csv, "{COLUMNS}").map_err(|e| Error::io(&csv_path, "write", e))?;
+        for r in &kept {
+            m.write(r)?;
+        }
+        Ok(m)
+    }
+
+    pub fn write(&mut self, r: &Record) -> Result<()> {
+        let line = serde_json::to_string(r).map_err(|e| Error::internal(format!("metrics: {e}")))?;
+        writeln!(self.jsonl, "{line}").map_err(|e| Error::io(&self.dir.join("metrics.jsonl"), "write", e))?;
+        let eval = r.eval_loss.map(|v| v.to_string()).unwrap_or_default();
+        writeln!(
+            self.csv,
+            "{},{},{},{},{},{},{},{},{},{eval}",
+            r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.data_wait_s, r.compute_s, r.tokens_seen
+        )
+        .map_err(|e| Error::io(&self.dir.join("metrics.csv"), "write", e))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.jsonl.flush().and_then(|_| self.csv.flush()).map_err(|e| Error::io(&self.dir, "flush metrics in", e))
+    }
+}
+
+/// Reads `metrics.jsonl` of a run directory.
+pub fn read(dir: &Path) -> Result<Vec<Record>> {
+    let p = dir.join("metrics.jsonl");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&p, "read", e)),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(r) => out.push(r),
+            // A crash can cut the last line short; it is rewritten by the resumed run.
+            Err(_) if i + 1 == lines.len() => {}
+            Err(e) => return Err(Error::data(format!("`{}` line {}: {e}", p.display(), i + 1))),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,512 @@
+//! `pretext train`: the pipeline runs on the tokio runtime and hands ready batches through a
+//! bounded channel to the trainer, which runs on the calling thread with candle. Every step
+//! records how long it waited for data; checkpoints carry the stream cursor so a resumed run
+//! continues with the next unseen batch, bit for bit on CPU.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod metrics;
+pub mod models;
+pub mod nn;
+pub mod optim;
+pub mod plot;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::sink::progress::human;
+use crate::source::Split;
+use crate::spec::{default_model, DTypeSpec, DeviceChoice, TrainSpec};
+use batch::{to_inputs, TaskKind, TrainBatch};
+use checkpoint::{Cursor, State};
+use models::Model;
+use nn::{ce, Fwd};
+use optim::AdamW;
+
+/// Options that come from the command rather than the pipeline file.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Run directory: metrics, checkpoints, a trained tokenizer.
+    pub run_dir: PathBuf,
+    /// Continue from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Draw a progress bar on stderr.
+    pub progress_bar: bool,
+    /// Print a line per metrics record when there is no progress bar.
+    pub log_lines: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub device: String,
+    pub parameters: usize,
+    pub start_step: u64,
+    pub steps: u64,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub data_wait_seconds: f64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl TrainReport {
+    /// Share of the wall time spent waiting for data.
+    pub fn data_wait_share(&self) -> f64 {
+        self.data_wait_seconds / self.seconds.max(1e-9)
+    }
+}
+
+/// The training settings of a pipeline (defaults when it has no `train:` section).
+pub fn settings(plan: &Plan) -> TrainSpec {
+    plan.pipeline.spec.train.clone().unwrap_or_else(|| serde_json::from_str("{}").expect("train defaults"))
+}
+
+/// Picks the device for `train.device`, and describes it.
+pub fn select_device(device: &str) -> Result<(Device, String)> {
+    let cpu = || (Device::Cpu, format!("cpu ({} threads)", candle_core::utils::get_num_threads()));
+    let cuda = |n: usize| -> Result<(Device, String)> {
+        if !cfg!(feature = "cuda") {
+            return Err(Error::env_hint(
+                format!("`train.device: {device}` needs CUDA, and this pretext was built without it"),
+                "build with `cargo build --release --features cuda`, or use `device: cpu`",
+            ));
+        }
+        let d = Device::new_cuda(n).map_err(|e| {
+            Error::env_hint(format!("cannot open CUDA device {n}: {e}"), "check `nvidia-smi`, or use `device: cpu`")
+        })?;
+        Ok((d, format!("cuda:{n}")))
+    };
+    match DeviceChoice::parse(device) {
+        Some(DeviceChoice::Cpu) => Ok(cpu()),
+        Some(DeviceChoice::Cuda(n)) => cuda(n),
+        Some(DeviceChoice::Auto) if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => {
+            cuda(0).or_else(|_| Ok(cpu()))
+        }
+        Some(DeviceChoice::Auto) => Ok(cpu()),
+        None => Err(Error::internal(format!("device {device:?} passed validation"))),
+    }
+}
+
+/// Model, optimizer and schedule: one optimizer step at a time.
+pub struct Trainer {
+    pub model: Model,
+    pub opt: AdamW,
+    pub cfg: TrainSpec,
+    pub kind: TaskKind,
+    pub device: Device,
+    pub dtype: DType,
+    pub pad_id: u32,
+    seed: u64,
+    /// Optimizer steps done.
+    pub step: u64,
+}
+
+/// The result of one optimizer step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutcome {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl Trainer {
+    /// A freshly initialised model for `plan`'s task on `device`.
+    pub fn new(plan: &Plan, cfg: &TrainSpec, device: &Device) -> Result<Trainer> {
+        let kind = TaskKind::of(&plan.pipeline.spec.task);
+        let spec = cfg.model.clone().unwrap_or_else(|| default_model(&plan.pipeline.spec.task));
+        let dtype = match cfg.dtype {
+            DTypeSpec::F32 => DType::F32,
+            DTypeSpec::Bf16 if device.is_cuda() => DType::BF16,
+            DTypeSpec::Bf16 => {
+                return Err(Error::env_hint(
+                    "`train.dtype: bf16` needs a CUDA device, and training runs on the CPU",
+                    "use `dtype: f32`, or `device: cuda:0` with a CUDA build",
+                ))
+            }
+        };
+        let vocab = plan.tokenizer.vocab_size as usize;
+        let model = Model::new(&spec, kind, vocab, plan.seq_len.max(1), plan.seed, device, dtype)?;
+        let crate::spec::OptimizerSpec::Adamw(a) = &cfg.optimizer;
+        let opt = AdamW::new(a, &model.params)?;
+        Ok(Trainer {
+            model,
+            opt,
+            cfg: cfg.clone(),
+            kind,
+            device: device.clone(),
+            dtype,
+            pad_id: plan.pad_id,
+            seed: plan.seed,
+            step: 0,
+        })
+    }
+
+    /// Converts an Arrow batch of the task's examples into model inputs.
+    pub fn inputs(&self, batch: &arrow::array::RecordBatch) -> Result<TrainBatch> {
+        to_inputs(self.kind, batch, self.pad_id, &self.device, self.dtype)
+    }
+
+    /// One optimizer step over `micro` batches (gradients summed, each loss divided by their number).
+    pub fn train_step(&mut self, micro: &[TrainBatch]) -> Result<StepOutcome> {
+        let n = micro.len().max(1) as f64;
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut loss_sum = 0.0;
+        for (i, b) in micro.iter().enumerate() {
+            let seed = xxhash_rust::xxh3::xxh3_64_with_seed(
+                &[self.step.to_le_bytes(), (i as u64).to_le_bytes()].concat(),
+                self.seed,
+            );
+            let fwd = Fwd::train(self.model.dropout, seed);
+            let loss = self.model.loss(&b.inputs, &fwd, self.cfg.temperature)?;
+            let value = loss.to_dtype(DType::F32).and_then(|l| l.to_scalar::<f32>()).map_err(ce)? as f64;
+            if !value.is_finite() {
+                return Err(Error::data_hint(
+                    format!("the training loss became {value} at step {}", self.step + 1),
+                    "lower `train.optimizer.adamw.lr`, lengthen `train.schedule.warmup_steps` or keep `clip_grad_norm` on",
+                ));
+            }
+            loss_sum += value;
+            let scaled = if n > 1.0 { (loss / n).map_err(ce)? } else { loss };
+            let store = scaled.backward().map_err(ce)?;
+            for (name, var, _) in self.model.params.vars() {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    match grads.get_mut(name) {
+                        Some(acc) => *acc = (&*acc + g).map_err(ce)?,
+                        None => {
+                            grads.insert(name.to_string(), g.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let grad_norm = optim::clip_grad_norm(&mut grads, self.cfg.clip_grad_norm)?;
+        let crate::spec::OptimizerSpec::Adamw(a) = &self.cfg.optimizer;
+        let lr = optim::learning_rate(a.lr, &self.cfg.schedule, self.step, self.cfg.steps);
+        self.opt.update(&self.model.params, &grads, lr)?;
+        self.step += 1;
+        Ok(StepOutcome { loss: loss_sum / n, grad_norm, lr })
+    }
+
+    /// Mean loss over `batches` without dropout, weighted by their loss positions.
+    pub fn eval_loss(&self, batches: &[TrainBatch]) -> Result<Option<f64>> {
+        let fwd = Fwd::eval();
+        let (mut sum, mut count) = (0.0, 0usize);
+        for b in batches {
+            if b.loss_tokens == 0 {
+                continue;
+            }
+            let loss = self.model.loss(&b.inputs, &fwd, self.cfg.temperature)?;
+            let loss = loss.to_dtype(DType::F32).and_then(|l| l.to_scalar::<f32>()).map_err(ce)? as f64;
+            sum += loss * b.loss_tokens as f64;
+            count += b.loss_tokens;
+        }
+        Ok((count > 0).then(|| sum / count as f64))
+    }
+}
+
+type Ready = Result<(Cursor, TrainBatch)>;
+
+/// Runs the pipeline from `start` forever (epoch after epoch), sending converted batches.
+async fn produce(
+    plan: Arc<Plan>,
+    split: Split,
+    start: Cursor,
+    convert: impl Fn(&arrow::array::RecordBatch) -> Result<TrainBatch> + Send,
+    tx: tokio::sync::mpsc::Sender<Ready>,
+) {
+    let (mut epoch, mut skip) = (start.epoch, start.batch);
+    loop {
+        let mut stream = plan.epoch_batches(epoch, split);
+        let mut index = 0u64;
+        while let Some(batch) = stream.next().await {
+            let item = batch.map_err(Error::from).and_then(|b| {
+                index += 1;
+                if index <= skip {
+                    return Ok(None);
+                }
+                convert(&b).map(|t| Some((Cursor { epoch, batch: index }, t)))
+            });
+            let item = match item {
+                Ok(None) => continue,
+                Ok(Some(x)) => Ok(x),
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+        if index == 0 {
+            let _ = tx
+                .send(Err(Error::data_hint(
+                    "the source produced no training examples",
+                    "check `source.path`, `source.sql` and the eval split (`train.eval.fraction`)",
+                )))
+                .await;
+            return;
+        }
+        epoch += 1;
+        skip = 0;
+    }
+}
+
+/// Trains `plan` as its `train:` section says; the pipeline runs on `rt`.
+pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions) -> Result<TrainReport> {
+    let cfg = settings(&plan);
+    let (device, device_name) = select_device(&cfg.device)?;
+    let mut trainer = Trainer::new(&plan, &cfg, &device)?;
+    let parameters = trainer.model.params.count();
+    let run_dir = opts.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, "create directory", e))?;
+
+    // Resume, or refuse to mix two runs in one directory.
+    let settings_json = checkpoint::run_settings(&plan.pipeline);
+    let hash = checkpoint::settings_hash(&settings_json);
+    let existing = checkpoint::list(&run_dir)?;
+    let mut state = State {
+        version: checkpoint::STATE_VERSION,
+        step: 0,
+        cursor: Cursor::default(),
+        pipeline_hash: hash.clone(),
+        settings: settings_json.clone(),
+        lr: 0.0,
+        tokens_seen: 0,
+        train_seconds: 0.0,
+        data_wait_seconds: 0.0,
+        last_loss: None,
+        last_eval_loss: None,
+    };
+    match (opts.resume, existing.last()) {
+        (true, Some((_, dir))) => {
+            let old = checkpoint::read_state(dir)?;
+            if old.pipeline_hash != hash {
+                let diffs = checkpoint::differences(&old.settings, &settings_json);
+                return Err(Error::data_hint(
+                    format!(
+                        "`{}` was written by a different pipeline; changed since: {}",
+                        dir.display(),
+                        if diffs.is_empty() { "(unknown)".to_string() } else { diffs.join("; ") }
+                    ),
+                    "restore those settings to resume, or train into a new directory (`--run-dir`)",
+                ));
+            }
+            trainer.model.params.load(&dir.join("model.safetensors"))?;
+            trainer.opt.load(&dir.join("optimizer.safetensors"), old.step)?;
+            trainer.step = old.step;
+            state = State { settings: settings_json.clone(), pipeline_hash: hash.clone(), ..old };
+            eprintln!("resuming from `{}` (step {})", dir.display(), state.step);
+        }
+        (true, None) => {
+            eprintln!("no checkpoint in `{}`: starting from step 0", run_dir.display());
+        }
+        (false, Some((_, dir))) => {
+            return Err(Error::env_hint(
+                format!("`{}` already holds a run (`{}`)", run_dir.display(), dir.display()),
+                "continue it with `--resume`, or choose another directory with `--run-dir`",
+            ));
+        }
+        (false, None) => {}
+    }
+    let start_step = state.step;
+    let mut metrics = metrics::Metrics::open(&run_dir, opts.resume.then_some(state.step))?;
+    if start_step >= cfg.steps {
+        eprintln!("the run in `{}` already has {start_step} of {} steps; nothing to do", run_dir.display(), cfg.steps);
+        return Ok(TrainReport {
+            device: device_name,
+            parameters,
+            start_step,
+            steps: 0,
+            tokens: 0,
+            seconds: 0.0,
+            data_wait_seconds: 0.0,
+            first_loss: None,
+            last_loss: state.last_loss,
+            eval_loss: state.last_eval_loss,
+            checkpoint: checkpoint::list(&run_dir)?.last().map(|(_, p)| p.clone()),
+        });
+    }
+    eprintln!(
+        "training: {} model, {} parameters, on {device_name}; steps {}..{}, {} rows per step",
+        cfg.model.as_ref().unwrap_or(&default_model(&plan.pipeline.spec.task)).kind(),
+        human(parameters as f64),
+        start_step + 1,
+        cfg.steps,
+        plan.batch_size * cfg.accumulate as usize
+    );
+
+    // The held-out batches, made once.
+    let (train_split, eval_batches) = match &cfg.eval {
+        None => (Split::All, Vec::new()),
+        Some(e) => {
+            let eval = Split::Eval { fraction: e.fraction, seed: plan.seed };
+            let batches: Vec<TrainBatch> = rt.block_on(async {
+                let mut s = plan.epoch_batches(0, eval).take(e.batches as usize);
+                let mut out = Vec::new();
+                while let Some(b) = s.next().await {
+                    out.push(trainer.inputs(&b?)?);
+                }
+                Ok::<_, Error>(out)
+            })?;
+            if batches.is_empty() {
+                eprintln!("warning: the eval split (fraction {}) holds no documents; no eval loss", e.fraction);
+            }
+            (Split::Train { fraction: e.fraction, seed: plan.seed }, batches)
+        }
+    };
+
+    // The pipeline, on the runtime.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Ready>(cfg.prefetch as usize);
+    let (kind, pad, dev, dtype) = (trainer.kind, trainer.pad_id, device.clone(), trainer.dtype);
+    let producer =
+        rt.spawn(produce(plan.clone(), train_split, state.cursor, move |b| to_inputs(kind, b, pad, &dev, dtype), tx));
+
+    let bar = progress_bar(opts.progress_bar, start_step, cfg.steps);
+    let every = cfg.checkpoint.every_steps.unwrap_or(500);
+    let keep = cfg.checkpoint.keep.unwrap_or(3) as usize;
+    let started = Instant::now();
+    let (mut wait_total, mut tokens_total) = (Duration::ZERO, 0u64);
+    let mut window = Window::default();
+    let mut first_loss = None;
+    let mut last_checkpoint = None;
+    let result = (|| -> Result<()> {
+        while trainer.step < cfg.steps {
+            let step_start = Instant::now();
+            let mut micro = Vec::with_capacity(cfg.accumulate as usize);
+            let mut wait = Duration::ZERO;
+            for _ in 0..cfg.accumulate {
+                let t = Instant::now();
+                let received = rx.blocking_recv();
+                wait += t.elapsed();
+                let (cursor, b) =
+                    received.ok_or_else(|| Error::internal("the pipeline stopped without an error"))??;
+                state.cursor = cursor;
+                micro.push(b);
+            }
+            let out = trainer.train_step(&micro)?;
+            let tokens: u64 = micro.iter().map(|b| b.tokens as u64).sum();
+            let elapsed = step_start.elapsed();
+            first_loss.get_or_insert(out.loss);
+            wait_total += wait;
+            tokens_total += tokens;
+            state.step = trainer.step;
+            state.lr = out.lr;
+            state.last_loss = Some(out.loss);
+            state.tokens_seen += tokens;
+            state.train_seconds += elapsed.as_secs_f64();
+            state.data_wait_seconds += wait.as_secs_f64();
+            window.add(out.loss, tokens, wait, elapsed);
+            let step = trainer.step;
+            let eval_due = cfg.eval.as_ref().is_some_and(|e| step % e.every_steps == 0 || step == cfg.steps);
+            let eval_loss = if eval_due && !eval_batches.is_empty() { trainer.eval_loss(&eval_batches)? } else { None };
+            if eval_loss.is_some() {
+                state.last_eval_loss = eval_loss;
+            }
+            if step % cfg.log_every == 0 || step == cfg.steps || eval_loss.is_some() {
+                let r = window.record(step, state.cursor.epoch, out, state.tokens_seen, eval_loss);
+                metrics.write(&r)?;
+                metrics.flush()?;
+                let msg = format!(
+                    "loss {:.4}{} lr {:.2e} | {} tok/s | data wait {:.1}%",
+                    r.loss,
+                    r.eval_loss.map(|e| format!(" (eval {e:.4})")).unwrap_or_default(),
+                    r.lr,
+                    human(r.tokens_per_s),
+                    100.0 * r.data_wait_s / (r.data_wait_s + r.compute_s).max(1e-9)
+                );
+                if opts.progress_bar {
+                    bar.set_message(msg);
+                } else if opts.log_lines {
+                    eprintln!("step {step}/{}: {msg}", cfg.steps);
+                }
+                window = Window::default();
+            }
+            bar.inc(1);
+            if step % every == 0 || step == cfg.steps {
+                last_checkpoint = Some(checkpoint::save(&run_dir, &trainer.model, &trainer.opt, &state, keep)?);
+            }
+        }
+        Ok(())
+    })();
+    bar.finish_and_clear();
+    drop(rx);
+    producer.abort();
+    result?;
+    Ok(TrainReport {
+        device: device_name,
+        parameters,
+        start_step,
+        steps: trainer.step - start_step,
+        tokens: tokens_total,
+        seconds: started.elapsed().as_secs_f64(),
+        data_wait_seconds: wait_total.as_secs_f64(),
+        first_loss,
+        last_loss: state.last_loss,
+        eval_loss: state.last_eval_loss,
+        checkpoint: last_checkpoint,
+    })
+}
+
+/// Sums over a logging window.
+#[derive(Default)]
+struct Window {
+    loss: f64,
+    steps: u64,
+    tokens: u64,
+    wait: Duration,
+    wall: Duration,
+}
+
+impl Window {
+    fn add(&mut self, loss: f64, tokens: u64, wait: Duration, wall: Duration) {
+        self.loss += loss;
+        self.steps += 1;
+        self.tokens += tokens;
+        self.wait += wait;
+        self.wall += wall;
+    }
+
+    fn record(
+        &self,
+        step: u64,
+        epoch: u32,
+        last: StepOutcome,
+        tokens_seen: u64,
+        eval_loss: Option<f64>,
+    ) -> metrics::Record {
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        metrics::Record {
+            step,
+            epoch,
+            loss: self.loss / self.steps.max(1) as f64,
+            lr: last.lr,
+            grad_norm: last.grad_norm,
+            tokens_per_s: self.tokens as f64 / wall,
+            data_wait_s: self.wait.as_secs_f64(),
+            compute_s: (self.wall - self.wait).as_secs_f64(),
+            tokens_seen,
+            eval_loss,
+        }
+    }
+}
+
+fn progress_bar(visible: bool, done: u64, total: u64) -> ProgressBar {
+    let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done);
+    bar
+}

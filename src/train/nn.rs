@@ -1,0 +1,434 @@
+//! Building blocks: a parameter store with seeded initialisation, layers written with ops that
+//! carry a backward pass (candle's fused layer norm and softmax have none), seeded dropout.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::error::{Error, Result};
+
+/// Converts a candle error into ours.
+pub fn ce(e: candle_core::Error) -> Error {
+    Error::internal(format!("tensor operation failed: {e}"))
+}
+
+/// Named trainable tensors. Every tensor's initial values depend only on the seed and its name,
+/// so a model's weights do not depend on the order its parts are built in.
+pub struct Params {
+    vars: BTreeMap<String, (Var, bool)>,
+    seed: u64,
+    device: Device,
+    dtype: DType,
+}
+
+impl Params {
+    pub fn new(seed: u64, device: &Device, dtype: DType) -> Self {
+        Params { vars: BTreeMap::new(), seed, device: device.clone(), dtype }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn add(&mut self, name: &str, values: Vec<f32>, shape: &[usize], decay: bool) -> Result<Tensor> {
+        if self.vars.contains_key(name) {
+            return Err(Error::internal(format!("parameter `{name}` defined twice")));
+        }
+        let t = Tensor::from_vec(values, shape, &self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(ce)?;
+        let var = Var::from_tensor(&t).map_err(ce)?;
+        let out = var.as_tensor().clone();
+        self.vars.insert(name.to_string(), (var, decay));
+        Ok(out)
+    }
+
+    /// A weight drawn from N(0, std²); weight decay applies.
+    pub fn normal(&mut self, name: &str, shape: &[usize], std: f64) -> Result<Tensor> {
+        let seed = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), self.seed);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let values = (0..n)
+            .map(|_| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                (z * std) as f32
+            })
+            .collect();
+        self.add(name, values, shape, true)
+    }
+
+    /// A bias, zero-initialised; no weight decay.
+    pub fn zeros(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.add(name, vec![0.0; shape.iter().product()], shape, false)
+    }
+
+    /// A norm's scale, one-initialised; no weight decay.
+    pub fn ones(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.add(name, vec![1.0; shape.iter().product()], shape, false)
+    }
+
+    /// Parameters by name, with whether weight decay applies.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &Var, bool)> {
+        self.vars.iter().map(|(k, (v, d))| (k.as_str(), v, *d))
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// Number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.vars.values().map(|(v, _)| v.elem_count()).sum()
+    }
+
+    /// Writes every parameter to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let map: BTreeMap<String, Tensor> =
+            self.vars.iter().map(|(k, (v, _))| (k.clone(), v.as_tensor().clone())).collect();
+        candle_core::safetensors::save(&map.into_iter().collect::<std::collections::HashMap<_, _>>(), path)
+            .map_err(|e| Error::env(format!("cannot write `{}`: {e}", path.display())))
+    }
+
+    /// Loads every parameter from a safetensors file; the names and shapes must match exactly.
+    pub fn load(&self, path: &Path) -> Result<()> {
+        let tensors = read_safetensors(path, &self.device)?;
+        check_same_keys(path, tensors.keys(), self.vars.keys())?;
+        for (name, (var, _)) in &self.vars {
+            let t = &tensors[name];
+            if t.dims() != var.dims() {
+                return Err(Error::data(format!(
+                    "`{}`: tensor `{name}` has shape {:?}, the model expects {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&t.to_dtype(self.dtype).map_err(ce)?).map_err(ce)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a safetensors file onto `device`.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| {
+        Error::data_hint(
+            format!("cannot read `{}` as safetensors: {e}", path.display()),
+            "the checkpoint is damaged; resume from an older one or start afresh",
+        )
+    })?;
+    Ok(tensors.into_iter().collect())
+}
+
+/// Strict key check (candle's `VarMap::load` silently skips unknown names).
+pub fn check_same_keys<'a>(
+    path: &Path,
+    found: impl Iterator<Item = &'a String>,
+    wanted: impl Iterator<Item = &'a String>,
+) -> Result<()> {
+    let found: std::collections::BTreeSet<&String> = found.collect();
+    let wanted: std::collections::BTreeSet<&String> = wanted.collect();
+    let missing: Vec<&&String> = wanted.difference(&found).collect();
+    let unexpected: Vec<&&String> = found.difference(&wanted).collect();
+    if missing.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let show = |v: &[&&String]| v.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+    Err(Error::data_hint(
+        format!(
+            "`{}` does not match the model: {} missing tensor(s) [{}], {} unexpected [{}]",
+            path.display(),
+            missing.len(),
+            show(&missing),
+            unexpected.len(),
+            show(&unexpected)
+        ),
+        "the model settings changed since this checkpoint was written; restore them or start a new run directory",
+    ))
+}
+
+/// Per-forward settings: training mode and the dropout stream. Dropout masks are drawn from an
+/// RNG seeded by (seed, step, call number), so a resumed run draws the same masks.
+pub struct Fwd {
+    pub train: bool,
+    pub dropout: f64,
+    seed: u64,
+    calls: Cell<u64>,
+}
+
+impl Fwd {
+    pub fn train(dropout: f64, seed: u64) -> Self {
+        Fwd { train: true, dropout, seed, calls: Cell::new(0) }
+    }
+
+    pub fn eval() -> Self {
+        Fwd { train: false, dropout: 0.0, seed: 0, calls: Cell::new(0) }
+    }
+
+    /// Inverted dropout: zeroes a share `p` of the values and scales the rest by 1/(1-p).
+    pub fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.train || self.dropout <= 0.0 {
+            return Ok(x.clone());
+        }
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let mut rng =
+            Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64_with_seed(&call.to_le_bytes(), self.seed));
+        let n = x.elem_count();
+        let keep = 1.0 - self.dropout;
+        let scale = (1.0 / keep) as f32;
+        // Four 16-bit draws per 64-bit number.
+        let threshold = (keep * 65536.0) as u32;
+        let mut mask = Vec::with_capacity(n + 3);
+        while mask.len() < n {
+            let r: u64 = rng.random();
+            for k in 0..4 {
+                let v = ((r >> (16 * k)) & 0xffff) as u32;
+                mask.push(if v < threshold { scale } else { 0.0 });
+            }
+        }
+        mask.truncate(n);
+        let mask = Tensor::from_vec(mask, x.shape(), x.device()).and_then(|m| m.to_dtype(x.dtype())).map_err(ce)?;
+        x.mul(&mask).map_err(ce)
+    }
+}
+
+/// `y = x Wᵀ + b` with `W` stored `(out, in)` (PyTorch `nn.Linear`), or `y = x W + b` with `W`
+/// stored `(in, out)` (GPT-2's `Conv1D`).
+pub struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+    transposed: bool,
+}
+
+impl Linear {
+    /// A PyTorch-layout linear layer `name.weight (out, in)`, `name.bias (out)`.
+    pub fn new(p: &mut Params, name: &str, input: usize, output: usize, bias: bool, std: f64) -> Result<Self> {
+        let w = p.normal(&format!("{name}.weight"), &[output, input], std)?;
+        let b = if bias { Some(p.zeros(&format!("{name}.bias"), &[output])?) } else { None };
+        Ok(Linear { w, b, transposed: false })
+    }
+
+    /// A GPT-2 `Conv1D`: `name.weight (in, out)`, `name.bias (out)`.
+    pub fn conv1d(p: &mut Params, name: &str, input: usize, output: usize, std: f64) -> Result<Self> {
+        let w = p.normal(&format!("{name}.weight"), &[input, output], std)?;
+        let b = Some(p.zeros(&format!("{name}.bias"), &[output])?);
+        Ok(Linear { w, b, transposed: true })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let input = *dims.last().expect("linear input has a last dimension");
+        let rows = x.elem_count() / input;
+        let x2 = x.reshape((rows, input)).map_err(ce)?;
+        let y = if self.transposed { x2.matmul(&self.w) } else { x2.matmul(&self.w.t().map_err(ce)?) }.map_err(ce)?;
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b).map_err(ce)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = y.dim(1).map_err(ce)?;
+        y.reshape(out).map_err(ce)
+    }
+}
+
+/// Layer normalisation over the last dimension, composed from differentiable ops.
+pub struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(p: &mut Params, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            w: p.ones(&format!("{name}.weight"), &[size])?,
+            b: p.zeros(&format!("{name}.bias"), &[size])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.w, &self.b, self.eps)
+    }
+}
+
+/// `(x - mean) / sqrt(var + eps) * w + b` over the last dimension (biased variance, as PyTorch).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let f = || -> candle_core::Result<Tensor> {
+        let normed = if fused(x) {
+            x.contiguous()?.apply_op1(Normalize { eps })?
+        } else {
+            let h = x.dim(D::Minus1)? as f64;
+            let mean = (x.sum_keepdim(D::Minus1)? / h)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+            xc.broadcast_div(&(var + eps)?.sqrt()?)?
+        };
+        normed.broadcast_mul(w)?.broadcast_add(b)
+    };
+    f().map_err(ce)
+}
+
+/// Whether the fused CPU kernels below apply (f32 on the CPU); otherwise composed ops are used.
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Row-wise `(x − mean) / √(var + eps)` in one pass. Backward:
+/// `dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / σ`.
+struct Normalize {
+    eps: f64,
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "pretext-normalize"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("normalize: input is not contiguous") };
+        let x = &s.as_slice::<f32>()?[a..b];
+        let n = *l.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        for (xi, yi) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let mean = xi.iter().sum::<f32>() / n as f32;
+            let var = xi.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let inv = 1.0 / (var + self.eps as f32).sqrt();
+            for (y, v) in yi.iter_mut().zip(xi) {
+                *y = (v - mean) * inv;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let h = arg.dim(D::Minus1)? as f64;
+        let mean = (arg.sum_keepdim(D::Minus1)? / h)?;
+        let var = (arg.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+        let inv = (var + self.eps)?.sqrt()?.recip()?;
+        let g_mean = (g.sum_keepdim(D::Minus1)? / h)?;
+        let gx_mean = ((g * res)?.sum_keepdim(D::Minus1)? / h)?;
+        let dx = g.broadcast_sub(&g_mean)?.sub(&res.broadcast_mul(&gx_mean)?)?.broadcast_mul(&inv)?;
+        Ok(Some(dx))
+    }
+}
+
+/// Row-wise softmax in one pass. Backward: `y ⊙ (g − Σ g ⊙ y)`.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "pretext-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("softmax: input is not contiguous") };
+        let x = &s.as_slice::<f32>()?[a..b];
+        let n = *l.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        for (xi, yi) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let max = xi.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f32;
+            for (y, v) in yi.iter_mut().zip(xi) {
+                *y = (v - max).exp();
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            yi.iter_mut().for_each(|y| *y *= inv);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(g.broadcast_sub(&dot)?.mul(res)?))
+    }
+}
+
+/// T5's scale-only RMS norm: `x / sqrt(mean(x²) + eps) * w`.
+pub struct RmsNorm {
+    w: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(p: &mut Params, name: &str, size: usize) -> Result<Self> {
+        Ok(RmsNorm { w: p.ones(&format!("{name}.weight"), &[size])?, eps: 1e-6 })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let f = || -> candle_core::Result<Tensor> {
+            let h = x.dim(D::Minus1)? as f64;
+            let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+            x.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&self.w)
+        };
+        f().map_err(ce)
+    }
+}
+
+/// Softmax over the last dimension, with a backward pass (fused on the CPU in f32).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous().and_then(|x| x.apply_op1(Softmax)).map_err(ce);
+    }
+    candle_nn::ops::softmax(x, D::Minus1).map_err(ce)
+}
+
+/// The composed (unfused) versions, for comparing against the fused kernels.
+pub mod reference {
+    use super::*;
+
+    pub fn softmax(x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax(x, D::Minus1).map_err(ce)
+    }
+
+    pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        candle_nn::ops::layer_norm_slow(x, w, b, eps as f32).map_err(ce)
+    }
+}
+
+/// Rows `ids` of an embedding table `(vocab, hidden)`; `ids` of any shape.
+pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let mut dims = ids.dims().to_vec();
+    let flat = ids.flatten_all().map_err(ce)?;
+    let rows = table.index_select(&flat, 0).map_err(ce)?;
+    dims.push(table.dim(1).map_err(ce)?);
+    rows.reshape(dims).map_err(ce)
+}
+
+/// Multi-head attention over `(batch, heads, len, head_dim)` tensors. `bias` is added to the
+/// scores (masks are large negative values) and broadcasts to `(batch, heads, q_len, k_len)`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
+    let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?;
+    let scores = if scale != 1.0 { (scores * scale).map_err(ce)? } else { scores };
+    let scores = match bias {
+        Some(b) => scores.broadcast_add(b).map_err(ce)?,
+        None => scores,
+    };
+    let probs = fwd.dropout(&softmax(&scores)?)?;
+    probs.matmul(v).map_err(ce)
+}
+
+/// `(batch, len, heads·head_dim)` → `(batch, heads, len, head_dim)`, contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, h) = x.dims3().map_err(ce)?;
+    x.reshape((b, t, heads, h / heads)).and_then(|x| x.transpose(1, 2)).and_then(|x| x.contiguous()).map_err(ce)
+}
+
+/// The inverse of [`split_heads`].
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, nh, t, hd) = x.dims4().map_err(ce)?;
+    x.transpose(1, 2).and_then(|x| x.contiguous()).and_then(|x| x.reshape((b, t, nh * hd))).map_err(ce)
+}
+
+/// The additive score value for a masked position: large and negative but finite, so a fully
+/// masked row (padding) gives a uniform distribution instead of NaN.
+pub const MASKED: f32 = -1.0e9;

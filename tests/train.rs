@@ -1,0 +1,458 @@
+//! `pretext train`: gradients reach every parameter of every model, layers and losses agree with
+//! reference values, loss falls, packed documents do not see each other, and a resumed run is
+//! bit-identical to an uninterrupted one.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use futures::StreamExt;
+use pretext::plan::{BuildOptions, Plan};
+use pretext::train::batch::{to_inputs, Inputs, TaskKind};
+use pretext::train::models::{info_nce, masked_cross_entropy, Net};
+use pretext::train::nn::{attention, layer_norm, Fwd};
+use pretext::train::{settings, train, TrainOptions, Trainer};
+
+const TASKS: &[(&str, &str)] = &[
+    ("mlm", "mlm: { seq_len: 48 }"),
+    ("contrastive_text", "contrastive_text: { seq_len: 48, identical: true }"),
+    ("causal", "causal: { seq_len: 48 }"),
+    ("span", "span: { seq_len: 48 }"),
+    ("denoise", "denoise: { seq_len: 48, mask_spans: 0.3 }"),
+];
+
+fn model_for(task: &str) -> &'static str {
+    match task {
+        "mlm" | "contrastive_text" => "encoder",
+        "causal" => "decoder",
+        _ => "seq2seq",
+    }
+}
+
+/// A corpus and a pipeline training a tiny model for `task`.
+fn setup(dir: &Path, task: &str, extra: &str) -> std::path::PathBuf {
+    write_parquet(&dir.join("data/a.parquet"), &documents(300, 3));
+    let (_, spec) = TASKS.iter().find(|(n, _)| *n == task).unwrap();
+    let model = model_for(task);
+    pipeline(
+        dir,
+        "p.yaml",
+        &format!(
+            "name: t\nsource: {{ path: data, key_column: id }}\ntask: {{ {spec} }}\n\
+             stream: {{ batch_size: 8, workers: 2 }}\n\
+             train:\n  model: {{ {model}: {{ layers: 2, hidden: 32, heads: 2, ffn: 64, dropout: 0.1 }} }}\n\
+             \x20 optimizer: {{ adamw: {{ lr: 3.0e-3 }} }}\n  schedule: {{ warmup_steps: 2 }}\n  device: cpu\n{extra}"
+        ),
+    )
+}
+
+fn plan(file: &Path, sets: &[String]) -> (tokio::runtime::Runtime, Arc<Plan>) {
+    let rt = pretext::cli::runtime().unwrap();
+    let p = pretext::load_pipeline(file, sets).unwrap();
+    let plan = rt.block_on(Plan::build(p, &BuildOptions::default())).unwrap();
+    (rt, plan)
+}
+
+fn first_batch(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> RecordBatch {
+    rt.block_on(async { plan.stream().next().await.unwrap().unwrap() })
+}
+
+#[test]
+fn every_parameter_receives_a_gradient_in_every_model() {
+    for (task, _) in TASKS {
+        let dir = tempdir();
+        let file = setup(dir.path(), task, "");
+        let (rt, plan) = plan(&file, &[]);
+        let trainer = Trainer::new(&plan, &settings(&plan), &Device::Cpu).unwrap();
+        let batch = trainer.inputs(&first_batch(&rt, &plan)).unwrap();
+        let loss = trainer.model.loss(&batch.inputs, &Fwd::train(0.1, 7), 0.05).unwrap();
+        let grads = loss.backward().unwrap();
+        let unused = trainer.model.unused_prefixes();
+        let mut checked = 0;
+        for (name, var, _) in trainer.model.params.vars() {
+            if unused.iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{task}: `{name}` received no gradient"));
+            let size = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(size > 0.0 && size.is_finite(), "{task}: `{name}` has gradient norm {size}");
+            checked += 1;
+        }
+        assert!(checked >= 20, "{task}: only {checked} parameters");
+    }
+}
+
+fn t(values: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()
+}
+
+fn close(got: &Tensor, want: &[f64], tol: f64) {
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((*g as f64 - w).abs() < tol, "got {got:?}, want {want:?}");
+    }
+}
+
+// Reference values: numpy in float64, written directly from the definitions
+// (layer norm with biased variance and eps 1e-5; softmax(q·kᵀ/√d + bias)·v; mean of
+// −log_softmax at the targets; InfoNCE over cosine similarities / temperature with the
+// diagonal as targets). The script is in the closing note of the training issue.
+
+#[test]
+fn layer_norm_matches_reference() {
+    let x = t(&[1., 2., 3., 4., -1., 0.5, 2., 0.], &[2, 4]);
+    let y = layer_norm(&x, &t(&[1., 0.5, 2., -1.], &[4]), &t(&[0., 0.1, -0.2, 0.3], &[4]), 1e-5).unwrap();
+    close(
+        &y,
+        &[-1.34163542, -0.1236059, 0.69442361, -1.04163542, -1.27016517, 0.15773478, 2.80220859, 0.64640868],
+        1e-5,
+    );
+}
+
+#[test]
+fn layer_norm_gradient_matches_finite_differences() {
+    let x0 = [0.3f32, -1.2, 2.0, 0.7, 0.1, -0.4];
+    let w = t(&[1.5, -0.5, 0.8, 1.0, 2.0, 0.3], &[6]);
+    let b = t(&[0.0; 6], &[6]);
+    let c = t(&[0.2, -1.0, 0.5, 0.9, -0.3, 1.1], &[1, 6]);
+    let f = |x: &Tensor| layer_norm(x, &w, &b, 1e-5).unwrap().mul(&c).unwrap().sum_all().unwrap();
+    let var = candle_core::Var::from_tensor(&t(&x0, &[1, 6])).unwrap();
+    let grads = f(var.as_tensor()).backward().unwrap();
+    let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let x64 = |i: usize, d: f32| {
+        let mut v = x0;
+        v[i] += d;
+        f(&t(&v, &[1, 6])).to_scalar::<f32>().unwrap() as f64
+    };
+    for (i, &gi) in g.iter().enumerate() {
+        let numeric = (x64(i, 1e-2) - x64(i, -1e-2)) / 2e-2;
+        assert!((numeric - gi as f64).abs() < 2e-2, "coordinate {i}: autograd {gi} vs numeric {numeric}");
+    }
+}
+
+#[test]
+fn attention_matches_reference() {
+    let q = t(&[0.1, 0.2, 0.3, -0.1, -0.5, 0.4], &[1, 1, 3, 2]);
+    let k = t(&[0.2, 0.1, -0.3, 0.5, 0.4, 0.4], &[1, 1, 3, 2]);
+    let v = t(&[1., 2., 3., -1., 0.5, 0.5], &[1, 1, 3, 2]);
+    let bias = t(&[0., 0., -1e9], &[1, 1, 1, 3]);
+    let y = attention(&q, &k, &v, Some(&bias), 1.0 / 2f64.sqrt(), &Fwd::eval()).unwrap();
+    close(&y, &[2.0106062, 0.48409069, 1.93292572, 0.60061143, 2.14395005, 0.28407493], 1e-5);
+}
+
+#[test]
+fn losses_match_reference() {
+    let logits = t(&[1., 2., 0.5, -1., 0., 0., 0., 0., 3., -2., 1., 0.5], &[3, 4]);
+    let targets = Tensor::new(&[0u32, 3, 1], &Device::Cpu).unwrap();
+    let l = masked_cross_entropy(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+    assert!((l as f64 - 2.694576568961699).abs() < 1e-5, "{l}");
+    let a = t(&[1., 0., 0.6, 0.8, -1., 1.], &[3, 2]);
+    let b = t(&[0.9, 0.1, 0.5, 0.9, 0., 1.], &[3, 2]);
+    let l = info_nce(&a, &b, 0.5).unwrap().to_scalar::<f32>().unwrap();
+    assert!((l as f64 - 0.5346202209913496).abs() < 1e-5, "{l}");
+}
+
+/// A causal batch of one row holding two documents: [doc1 (5 tokens)] [doc2 (rest)].
+fn packed_row(doc2: &[i32]) -> RecordBatch {
+    let w = 12;
+    let mut ids = vec![10, 11, 12, 13, 2];
+    ids.extend_from_slice(doc2);
+    let pos: Vec<i32> = (0..5).chain(0..(w - 5) as i32).collect();
+    let seg: Vec<i32> = [1; 5].into_iter().chain([2; 7]).collect();
+    let cols = [
+        ("input_ids", ids.clone()),
+        ("labels", ids),
+        ("position_ids", pos),
+        ("segment_ids", seg),
+        ("attention_mask", vec![1; w]),
+    ];
+    let fields: Vec<arrow::datatypes::Field> =
+        cols.iter().map(|(n, _)| pretext::task::fixed_list_field(n, w)).collect();
+    let arrays = cols.iter().map(|(_, v)| pretext::task::fixed_list(v.clone(), w)).collect();
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays).unwrap()
+}
+
+#[test]
+fn packed_documents_do_not_attend_to_each_other() {
+    let dir = tempdir();
+    let file = setup(dir.path(), "causal", "");
+    let (_rt, plan) = plan(&file, &[]);
+    let trainer = Trainer::new(&plan, &settings(&plan), &Device::Cpu).unwrap();
+    let Net::Decoder(m) = &trainer.model.net else { panic!("decoder expected") };
+    let hidden = |row: RecordBatch| {
+        let b = to_inputs(TaskKind::Causal, &row, 0, &Device::Cpu, DType::F32).unwrap();
+        let Inputs::Causal { ids, positions, bias, .. } = &b.inputs else { panic!() };
+        m.hidden(ids, positions, bias, &Fwd::eval()).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let a = hidden(packed_row(&[20, 21, 22, 23, 24, 25, 2]));
+    let b = hidden(packed_row(&[90, 91, 92, 93, 94, 95, 2]));
+    // The first document's outputs do not change when the second one's tokens do …
+    assert_eq!(a[..5], b[..5]);
+    assert_ne!(a[5..], b[5..]);
+    // … and the second document's outputs equal those of the same document alone at the
+    // start of a row (positions restart, nothing before it is visible).
+    let alone = {
+        let w = 12;
+        let ids: Vec<i32> = [20, 21, 22, 23, 24, 25, 2, 0, 0, 0, 0, 0].to_vec();
+        let pos: Vec<i32> = (0..w as i32).collect();
+        let seg: Vec<i32> = [1; 7].into_iter().chain([0; 5]).collect();
+        let mask: Vec<i32> = [1; 7].into_iter().chain([0; 5]).collect();
+        let cols = [
+            ("input_ids", ids.clone()),
+            ("labels", ids),
+            ("position_ids", pos),
+            ("segment_ids", seg),
+            ("attention_mask", mask),
+        ];
+        let fields: Vec<arrow::datatypes::Field> =
+            cols.iter().map(|(n, _)| pretext::task::fixed_list_field(n, w)).collect();
+        let arrays = cols.iter().map(|(_, v)| pretext::task::fixed_list(v.clone(), w)).collect();
+        hidden(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays).unwrap())
+    };
+    for i in 0..7 {
+        for (x, y) in a[5 + i].iter().zip(&alone[i]) {
+            assert!((x - y).abs() < 1e-5, "position {i}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn a_tiny_model_learns_on_the_quickstart_data() {
+    let file = repo().join("pipelines/quickstart.yaml");
+    let dir = tempdir();
+    let sets: Vec<String> = [
+        "train.model={encoder: {layers: 1, hidden: 64, heads: 2, ffn: 128, dropout: 0.0}}",
+        "train.steps=100",
+        "train.batch_size=16",
+        "train.schedule={warmup_steps: 10}",
+        "train.optimizer={adamw: {lr: 2.0e-3}}",
+        "train.eval={fraction: 0.05, every_steps: 50, batches: 4}",
+        "task.mlm.seq_len=64",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rt = pretext::cli::runtime().unwrap();
+    let mut p = pretext::load_pipeline(&file, &sets).unwrap();
+    p.spec.stream.batch_size = 16;
+    let build = BuildOptions { tokenizer_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let plan = rt.block_on(Plan::build(p, &build)).unwrap();
+    let opts = TrainOptions { run_dir: dir.path().join("run"), resume: false, progress_bar: false, log_lines: false };
+    let report = train(&rt, plan, &opts).unwrap();
+    let (first, last) = (report.first_loss.unwrap(), report.last_loss.unwrap());
+    assert_eq!(report.steps, 100);
+    assert!(last < first - 1.0, "loss {first} → {last}");
+    assert!(report.eval_loss.unwrap() < first - 1.0, "eval loss {:?}", report.eval_loss);
+    let metrics = pretext::train::metrics::read(&dir.path().join("run")).unwrap();
+    assert_eq!(metrics.last().unwrap().step, 100);
+    assert!(metrics.iter().filter(|r| r.eval_loss.is_some()).count() == 2);
+}
+
+/// Metrics without the timing columns.
+fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, Option<f64>)> {
+    pretext::train::metrics::read(run)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.step, r.loss, r.lr, r.grad_norm, r.eval_loss))
+        .collect()
+}
+
+#[test]
+fn resumed_training_is_bit_identical_and_a_changed_pipeline_is_refused() {
+    let dir = tempdir();
+    let file = setup(
+        dir.path(),
+        "mlm",
+        "  steps: 12\n  accumulate: 2\n  log_every: 2\n  checkpoint: { every_steps: 6, keep: 5 }\n  eval: { fraction: 0.1, every_steps: 6, batches: 2 }\n",
+    );
+    // The stream is shuffled so the cursor must really carry the position.
+    let yaml =
+        std::fs::read_to_string(&file).unwrap().replace("workers: 2 }", "workers: 2, shuffle: { window_rows: 64 } }");
+    std::fs::write(&file, yaml).unwrap();
+    let run = |run_dir: &str, extra: &[&str]| {
+        let mut args = vec!["train", "p.yaml", "--quiet", "--run-dir", run_dir];
+        args.extend_from_slice(extra);
+        pretext(&args, dir.path())
+    };
+    let o = run("full", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("trained steps 1..12 of 12"), "{}", stderr(&o));
+
+    // A crash after the step-6 checkpoint: the run directory holds checkpoint 6 and metrics
+    // written after it.
+    let full = dir.path().join("full");
+    let cut = dir.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    for entry in std::fs::read_dir(&full).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name == "checkpoint-0000006" {
+            std::fs::create_dir_all(cut.join(&name)).unwrap();
+            for f in std::fs::read_dir(&p).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, cut.join(&name).join(f.file_name().unwrap())).unwrap();
+            }
+        } else if p.is_file() {
+            std::fs::copy(&p, cut.join(&name)).unwrap();
+        }
+    }
+    // Without --resume the directory is refused.
+    let o = run("cut", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    // A different pipeline is refused, naming what changed.
+    let o = run("cut", &["--resume", "--set", "task.mlm.mask_prob=0.2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("task.mlm.mask_prob: 0.15 → 0.2"), "{}", stderr(&o));
+    // Resuming continues from step 7 and ends where the uninterrupted run ended, bit for bit.
+    let o = run("cut", &["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("trained steps 7..12 of 12"), "{}", stderr(&o));
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let a = std::fs::read(full.join("checkpoint-0000012").join(f)).unwrap();
+        let b = std::fs::read(cut.join("checkpoint-0000012").join(f)).unwrap();
+        assert!(a == b, "{f} differs after resuming");
+    }
+    assert_eq!(losses(&full), losses(&cut));
+    let state = |d: &Path| {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("checkpoint-0000012/state.json")).unwrap()).unwrap();
+        (s["cursor"].clone(), s["tokens_seen"].clone())
+    };
+    assert_eq!(state(&full), state(&cut));
+    // Nothing left to do at the end.
+    let o = run("cut", &["--resume"]);
+    assert!(o.status.success() && stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+}
+
+#[test]
+fn plot_writes_png_and_svg() {
+    let dir = tempdir();
+    let file = setup(
+        dir.path(),
+        "causal",
+        "  steps: 6\n  log_every: 1\n  eval: { fraction: 0.1, every_steps: 3, batches: 1 }\n",
+    );
+    let o = pretext(&["train", file.to_str().unwrap(), "--quiet", "--run-dir", "run"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = pretext(&["plot", "run"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(dir.path().join("run/metrics.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(dir.path().join("run/metrics.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("polyline"), "{}", &svg[..svg.len().min(400)]);
+    let o = pretext(&["plot", "nowhere"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no metrics"), "{}", stderr(&o));
+}
+
+#[test]
+fn train_settings_are_checked() {
+    let dir = tempdir();
+    let file = setup(dir.path(), "mlm", "");
+    let yaml =
+        std::fs::read_to_string(&file).unwrap().replace("encoder:", "decoder:").replace("device: cpu", "device: gpu7");
+    std::fs::write(&file, yaml).unwrap();
+    let o = pretext(&["validate", "p.yaml"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("train.model.decoder") && e.contains("trains the `encoder` model"), "{e}");
+    assert!(e.contains("train.device") && e.contains("cuda:N"), "{e}");
+}
+
+#[test]
+fn fused_kernels_match_the_composed_ops_forward_and_backward() {
+    use pretext::train::nn::{reference, softmax};
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 2.0, (3, 5, 17), &dev).unwrap();
+    let w = Tensor::randn(1f32, 0.3, 17, &dev).unwrap();
+    let b = Tensor::randn(0f32, 0.3, 17, &dev).unwrap();
+    let c = Tensor::randn(0f32, 1.0, (3, 5, 17), &dev).unwrap();
+    let grad = |f: &dyn Fn(&Tensor) -> Tensor| {
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let y = f(v.as_tensor());
+        let g = y.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, g.get(v.as_tensor()).unwrap().clone())
+    };
+    type Op<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+    let pairs: [(Op, Op); 2] = [
+        (&|x| softmax(x).unwrap(), &|x| reference::softmax(x).unwrap()),
+        (&|x| layer_norm(x, &w, &b, 1e-5).unwrap(), &|x| reference::layer_norm(x, &w, &b, 1e-5).unwrap()),
+    ];
+    for (fused, composed) in pairs {
+        let (y1, g1) = grad(fused);
+        let (y2, g2) = grad(composed);
+        let diff =
+            |a: &Tensor, b: &Tensor| a.sub(b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff(&y1, &y2) < 1e-5, "forward differs by {}", diff(&y1, &y2));
+        assert!(diff(&g1, &g2) < 1e-4, "backward differs by {}", diff(&g1, &g2));
+    }
+}
+
+#[test]
+fn trains_from_an_export_without_regenerating_it() {
+    let dir = tempdir();
+    let file = setup(dir.path(), "causal", "  steps: 4\n  log_every: 1\n");
+    let o = pretext(&["export", "p.yaml", "--quiet", "--out", "ex"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let yaml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("source: { path: data, key_column: id }", "source: { path: ex, format: pretext }");
+    std::fs::write(dir.path().join("q.yaml"), &yaml).unwrap();
+    let o = pretext(&["train", "q.yaml", "--quiet", "--run-dir", "run"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("trained steps 1..4 of 4"), "{}", stderr(&o));
+    // The examples read back are the exported ones, in order.
+    let (rt, plan) = plan(&dir.path().join("q.yaml"), &[]);
+    let got = first_batch(&rt, &plan);
+    let exported = read_export(&dir.path().join("ex"));
+    assert_eq!(got.column(1), &exported[0].slice(0, got.num_rows()).column(1).clone());
+    // An export of another task shape is refused, naming the column.
+    std::fs::write(dir.path().join("r.yaml"), yaml.replace("seq_len: 48", "seq_len: 32")).unwrap();
+    let o = pretext(&["train", "r.yaml", "--quiet", "--run-dir", "run2"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("does not hold `task.causal` examples") && stderr(&o).contains("input_ids"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn every_example_pipeline_trains() {
+    let dir = tempdir();
+    let mut trained = 0;
+    for entry in std::fs::read_dir(repo().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if !std::fs::read_to_string(&path).unwrap().contains("\ntrain:") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let run = dir.path().join(&name);
+        let o = pretext(
+            &[
+                "train",
+                path.to_str().unwrap(),
+                "--quiet",
+                "--run-dir",
+                run.to_str().unwrap(),
+                "--set",
+                "train.steps=2",
+                "--set",
+                "train.schedule={warmup_steps: 1}",
+                "--set",
+                "train.eval={fraction: 0.05, every_steps: 2, batches: 1}",
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("trained steps 1..2 of 2"), "{name}: {}", stderr(&o));
+        assert!(run.join("checkpoint-0000002/model.safetensors").is_file(), "{name}");
+        trained += 1;
+    }
+    assert!(trained >= 5, "only {trained} example pipelines have a train section");
+}
