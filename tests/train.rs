@@ -456,3 +456,44 @@ fn every_example_pipeline_trains() {
     }
     assert!(trained >= 5, "only {trained} example pipelines have a train section");
 }
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempdir();
+    setup(dir.path(), "causal", "  steps: 60\n  log_every: 1\n  checkpoint: { every_steps: 3, keep: 2 }\n");
+    let o = pretext(&["train", "p.yaml", "--quiet", "--run-dir", "full"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let killed = dir.path().join("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["train", "p.yaml", "--quiet", "--run-dir", "killed"])
+        .current_dir(dir.path())
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !killed.join("checkpoint-0000006").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL: no clean-up runs
+    child.wait().unwrap();
+    assert!(!killed.join("checkpoint-0000060").exists(), "the run finished before the kill");
+
+    let o = pretext(&["train", "p.yaml", "--quiet", "--run-dir", "killed", "--resume"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let a = std::fs::read(dir.path().join("full/checkpoint-0000060").join(f)).unwrap();
+        let b = std::fs::read(killed.join("checkpoint-0000060").join(f)).unwrap();
+        assert!(a == b, "{f} differs after the kill and resume");
+    }
+    assert_eq!(losses(&dir.path().join("full")), losses(&killed));
+    // Only the newest `keep` checkpoints remain, and no temporary directory.
+    let names: Vec<String> =
+        std::fs::read_dir(&killed).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("checkpoint-")).count(), 2, "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}
