@@ -185,7 +185,7 @@ fn packed_documents_do_not_attend_to_each_other() {
     let trainer = Trainer::new(&plan, &settings(&plan), &Device::Cpu).unwrap();
     let Net::Decoder(m) = &trainer.model.net else { panic!("decoder expected") };
     let hidden = |row: RecordBatch| {
-        let b = to_inputs(TaskKind::Causal, &row, 0, &Device::Cpu, DType::F32).unwrap();
+        let b = to_inputs(TaskKind::Causal, &row, 0, 1000, &Device::Cpu, DType::F32).unwrap();
         let Inputs::Causal { ids, positions, bias, .. } = &b.inputs else { panic!() };
         m.hidden(ids, positions, bias, &Fwd::eval()).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
     };
@@ -267,7 +267,7 @@ fn resumed_training_is_bit_identical_and_a_changed_pipeline_is_refused() {
     let file = setup(
         dir.path(),
         "mlm",
-        "  steps: 12\n  accumulate: 2\n  log_every: 2\n  checkpoint: { every_steps: 6, keep: 5 }\n  eval: { fraction: 0.1, every_steps: 6, batches: 2 }\n",
+        "  steps: 12\n  accumulate: 2\n  log_every: 4\n  checkpoint: { every_steps: 6, keep: 5 }\n  eval: { fraction: 0.1, every_steps: 4, batches: 2 }\n",
     );
     // The stream is shuffled so the cursor must really carry the position.
     let yaml =
@@ -496,4 +496,12 @@ fn a_killed_run_resumes_to_the_same_weights() {
         std::fs::read_dir(&killed).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert_eq!(names.iter().filter(|n| n.starts_with("checkpoint-")).count(), 2, "{names:?}");
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn ids_outside_the_vocabulary_are_refused() {
+    let err = to_inputs(TaskKind::Causal, &packed_row(&[20, 21, 22, 23, 24, 95, 2]), 0, 50, &Device::Cpu, DType::F32)
+        .err()
+        .expect("an id above the vocabulary");
+    assert!(err.to_string().contains("holds 95; only ids below 50"), "{err}");
 }

@@ -78,10 +78,17 @@ fn list_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<(&'a [i32], usi
     Ok((values, width))
 }
 
-fn ids_tensor(values: &[i32], rows: usize, width: usize, device: &Device, what: &str) -> Result<Tensor> {
+/// Ids as u32, each checked to be below `limit`.
+fn ids_tensor(values: &[i32], rows: usize, width: usize, limit: u32, device: &Device, what: &str) -> Result<Tensor> {
     let ids: Vec<u32> = values
         .iter()
-        .map(|&v| u32::try_from(v).map_err(|_| Error::data(format!("column `{what}` holds the negative id {v}"))))
+        .map(|&v| match u32::try_from(v) {
+            Ok(id) if id < limit => Ok(id),
+            _ => Err(Error::data_hint(
+                format!("column `{what}` holds the id {v}, outside 0..{limit}"),
+                "the examples were made with another tokenizer or seq_len: train with the pipeline that made them",
+            )),
+        })
         .collect::<Result<_>>()?;
     Tensor::from_vec(ids, (rows, width), device).map_err(ce)
 }
@@ -91,40 +98,36 @@ fn floats(values: Vec<f32>, shape: impl Into<Shape>, device: &Device, dtype: DTy
     Tensor::from_vec(values, shape, device).and_then(|t| t.to_dtype(dtype)).map_err(ce)
 }
 
-fn view(
-    ids: &[i32],
-    mask: &[i32],
-    rows: usize,
-    width: usize,
-    device: &Device,
+/// Where tensors go and what ids are valid.
+struct Ctx<'a> {
+    vocab: u32,
+    device: &'a Device,
     dtype: DType,
-    what: &str,
-) -> Result<View> {
+}
+
+fn view(ids: &[i32], mask: &[i32], rows: usize, width: usize, cx: &Ctx, what: &str) -> Result<View> {
+    let (device, dtype) = (cx.device, cx.dtype);
     let bias: Vec<f32> = mask.iter().map(|&m| if m != 0 { 0.0 } else { MASKED }).collect();
     let maskf: Vec<f32> = mask.iter().map(|&m| (m != 0) as u8 as f32).collect();
     Ok(View {
-        ids: ids_tensor(ids, rows, width, device, what)?,
+        ids: ids_tensor(ids, rows, width, cx.vocab, device, what)?,
         pad_bias: floats(bias, (rows, 1, 1, width), device, dtype)?,
         mask: floats(maskf, (rows, width), device, dtype)?,
     })
 }
 
 /// Loss positions and targets: `labels[r, t + shift]` at flat position `r × width + t`.
-fn selected(
-    labels: &[i32],
-    rows: usize,
-    width: usize,
-    shift: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor, usize)> {
+fn selected(labels: &[i32], rows: usize, width: usize, shift: usize, cx: &Ctx) -> Result<(Tensor, Tensor, usize)> {
+    let device = cx.device;
     let mut select = Vec::new();
     let mut targets = Vec::new();
     for r in 0..rows {
         for t in 0..width - shift {
             let l = labels[r * width + t + shift];
             if l != -100 {
-                let l = u32::try_from(l)
-                    .map_err(|_| Error::data(format!("`labels` holds {l}; only ids and -100 are allowed")))?;
+                let l = u32::try_from(l).ok().filter(|&l| l < cx.vocab).ok_or_else(|| {
+                    Error::data(format!("`labels` holds {l}; only ids below {} and -100 are allowed", cx.vocab))
+                })?;
                 select.push((r * width + t) as u32);
                 targets.push(l);
             }
@@ -134,23 +137,25 @@ fn selected(
     Ok((Tensor::from_vec(select, n, device).map_err(ce)?, Tensor::from_vec(targets, n, device).map_err(ce)?, n))
 }
 
-/// Converts a batch of `kind`'s examples into model inputs on `device`.
+/// Converts a batch of `kind`'s examples into model inputs on `device`; ids must be below `vocab`.
 pub fn to_inputs(
     kind: TaskKind,
     batch: &RecordBatch,
     pad_id: u32,
+    vocab: u32,
     device: &Device,
     dtype: DType,
 ) -> Result<TrainBatch> {
+    let cx = Ctx { vocab, device, dtype };
     let rows = batch.num_rows();
     match kind {
         TaskKind::Mlm => {
             let (ids, w) = list_column(batch, "input_ids")?;
             let (mask, _) = list_column(batch, "attention_mask")?;
             let (labels, _) = list_column(batch, "labels")?;
-            let (select, targets, n) = selected(labels, rows, w, 0, device)?;
+            let (select, targets, n) = selected(labels, rows, w, 0, &cx)?;
             Ok(TrainBatch {
-                inputs: Inputs::Mlm { view: view(ids, mask, rows, w, device, dtype, "input_ids")?, select, targets },
+                inputs: Inputs::Mlm { view: view(ids, mask, rows, w, &cx, "input_ids")?, select, targets },
                 rows,
                 tokens: rows * w,
                 loss_tokens: n,
@@ -163,8 +168,8 @@ pub fn to_inputs(
             let (mb, _) = list_column(batch, "attention_mask_b")?;
             Ok(TrainBatch {
                 inputs: Inputs::Contrastive {
-                    a: view(ia, ma, rows, w, device, dtype, "input_ids_a")?,
-                    b: view(ib, mb, rows, w, device, dtype, "input_ids_b")?,
+                    a: view(ia, ma, rows, w, &cx, "input_ids_a")?,
+                    b: view(ib, mb, rows, w, &cx, "input_ids_b")?,
                 },
                 rows,
                 tokens: 2 * rows * w,
@@ -190,11 +195,11 @@ pub fn to_inputs(
                     }
                 }
             }
-            let (select, targets, n) = selected(labels, rows, w, 1, device)?;
+            let (select, targets, n) = selected(labels, rows, w, 1, &cx)?;
             Ok(TrainBatch {
                 inputs: Inputs::Causal {
-                    ids: ids_tensor(ids, rows, w, device, "input_ids")?,
-                    positions: ids_tensor(pos, rows, w, device, "position_ids")?,
+                    ids: ids_tensor(ids, rows, w, vocab, device, "input_ids")?,
+                    positions: ids_tensor(pos, rows, w, w as u32, device, "position_ids")?,
                     bias: floats(bias, (rows, 1, w, w), device, dtype)?,
                     select,
                     targets,
@@ -222,11 +227,11 @@ pub fn to_inputs(
             for i in 0..lw {
                 causal[i * lw..i * lw + i + 1].fill(0.0);
             }
-            let (select, targets, n) = selected(labels, rows, lw, 0, device)?;
+            let (select, targets, n) = selected(labels, rows, lw, 0, &cx)?;
             Ok(TrainBatch {
                 inputs: Inputs::Seq2seq {
-                    src: view(ids, &mask, rows, w, device, dtype, "input_ids")?,
-                    dec_ids: ids_tensor(&dec, rows, lw, device, "decoder_input_ids")?,
+                    src: view(ids, &mask, rows, w, &cx, "input_ids")?,
+                    dec_ids: ids_tensor(&dec, rows, lw, vocab, device, "decoder_input_ids")?,
                     dec_bias: floats(causal, (1, 1, lw, lw), device, dtype)?,
                     select,
                     targets,

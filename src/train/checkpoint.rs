@@ -39,6 +39,10 @@ pub struct State {
     pub data_wait_seconds: f64,
     pub last_loss: Option<f64>,
     pub last_eval_loss: Option<f64>,
+    /// `train.steps` the schedule was computed for.
+    pub total_steps: u64,
+    /// The open metrics window.
+    pub window: crate::train::Window,
 }
 
 /// The resolved pipeline without what may change between a run and its resumption: the name,
@@ -139,6 +143,8 @@ pub fn save(run_dir: &Path, model: &Model, opt: &AdamW, state: &State, keep: usi
         std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, "replace", e))?;
     }
     std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, "rename into", e))?;
+    // The rename must be durable before older checkpoints are deleted.
+    sync_dir(run_dir)?;
     let all = list(run_dir)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, "remove old checkpoint", e))?;
@@ -164,4 +170,28 @@ pub fn read_state(dir: &Path) -> Result<State> {
         )));
     }
     Ok(state)
+}
+
+/// Makes a directory's entries (renames, deletions) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "sync", e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Refuses to start a fresh run in a directory that holds one (before anything is written
+/// there, a trained tokenizer included).
+pub fn check_run_dir(run_dir: &Path, resume: bool) -> Result<()> {
+    if resume {
+        return Ok(());
+    }
+    if let Some((_, dir)) = list(run_dir)?.last() {
+        return Err(Error::env_hint(
+            format!("`{}` already holds a run (`{}`)", run_dir.display(), dir.display()),
+            "continue it with `--resume`, or choose another directory with `--run-dir`",
+        ));
+    }
+    Ok(())
 }

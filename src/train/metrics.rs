@@ -46,11 +46,19 @@ impl Metrics {
             Some(step) => read(dir)?.into_iter().filter(|r| r.step <= step).collect(),
             None => Vec::new(),
         };
+        // Rewrite the kept lines into temporary files, then rename them over the old ones, so a
+        // crash here leaves the old history intact.
+        let tmp = |p: &Path| p.with_extension(format!("{}.tmp", p.extension().unwrap_or_default().to_string_lossy()));
         let create = |p: &Path| std::fs::File::create(p).map_err(|e| Error::io(p, "create", e));
-        let mut m = Metrics { jsonl: create(&jsonl_path)?, csv: create(&csv_path)?, dir: dir.to_path_buf() };
+        let (jsonl_tmp, csv_tmp) = (tmp(&jsonl_path), tmp(&csv_path));
+        let mut m = Metrics { jsonl: create(&jsonl_tmp)?, csv: create(&csv_tmp)?, dir: dir.to_path_buf() };
         writeln!(m.csv, "{COLUMNS}").map_err(|e| Error::io(&csv_path, "write", e))?;
         for r in &kept {
             m.write(r)?;
+        }
+        m.flush()?;
+        for (from, to) in [(&jsonl_tmp, &jsonl_path), (&csv_tmp, &csv_path)] {
+            std::fs::rename(from, to).map_err(|e| Error::io(to, "rename into", e))?;
         }
         Ok(m)
     }

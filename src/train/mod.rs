@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use candle_core::{DType, Device, Tensor};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -107,6 +108,7 @@ pub struct Trainer {
     pub device: Device,
     pub dtype: DType,
     pub pad_id: u32,
+    pub vocab: u32,
     seed: u64,
     /// Optimizer steps done.
     pub step: u64,
@@ -127,7 +129,14 @@ impl Trainer {
         let spec = cfg.model.clone().unwrap_or_else(|| default_model(&plan.pipeline.spec.task));
         let dtype = match cfg.dtype {
             DTypeSpec::F32 => DType::F32,
-            DTypeSpec::Bf16 if device.is_cuda() => DType::BF16,
+            // Updates applied to bf16 weights round away (a norm scale near 1.0 moves in steps of
+            // 0.0078), so bf16 needs f32 master weights, which this trainer does not keep yet.
+            DTypeSpec::Bf16 if device.is_cuda() => {
+                return Err(Error::env_hint(
+                    "`train.dtype: bf16` is not supported yet: the trainer keeps no f32 master weights, so bf16 updates would round away",
+                    "use `dtype: f32`",
+                ))
+            }
             DTypeSpec::Bf16 => {
                 return Err(Error::env_hint(
                     "`train.dtype: bf16` needs a CUDA device, and training runs on the CPU",
@@ -147,14 +156,15 @@ impl Trainer {
             device: device.clone(),
             dtype,
             pad_id: plan.pad_id,
+            vocab: vocab as u32,
             seed: plan.seed,
             step: 0,
         })
     }
 
     /// Converts an Arrow batch of the task's examples into model inputs.
-    pub fn inputs(&self, batch: &arrow::array::RecordBatch) -> Result<TrainBatch> {
-        to_inputs(self.kind, batch, self.pad_id, &self.device, self.dtype)
+    pub fn inputs(&self, batch: &RecordBatch) -> Result<TrainBatch> {
+        to_inputs(self.kind, batch, self.pad_id, self.vocab, &self.device, self.dtype)
     }
 
     /// One optimizer step over `micro` batches (gradients summed, each loss divided by their number).
@@ -191,6 +201,12 @@ impl Trainer {
             }
         }
         let grad_norm = optim::clip_grad_norm(&mut grads, self.cfg.clip_grad_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(Error::data_hint(
+                format!("the gradient norm became {grad_norm} at step {}", self.step + 1),
+                "lower `train.optimizer.adamw.lr`, lengthen `train.schedule.warmup_steps` or keep `clip_grad_norm` on",
+            ));
+        }
         let crate::spec::OptimizerSpec::Adamw(a) = &self.cfg.optimizer;
         let lr = optim::learning_rate(a.lr, &self.cfg.schedule, self.step, self.cfg.steps);
         self.opt.update(&self.model.params, &grads, lr)?;
@@ -222,7 +238,7 @@ async fn produce(
     plan: Arc<Plan>,
     split: Split,
     start: Cursor,
-    convert: impl Fn(&arrow::array::RecordBatch) -> Result<TrainBatch> + Send,
+    convert: impl Fn(RecordBatch) -> Result<TrainBatch> + Send + Sync + Clone + 'static,
     tx: tokio::sync::mpsc::Sender<Ready>,
 ) {
     let (mut epoch, mut skip) = (start.epoch, start.batch);
@@ -230,17 +246,18 @@ async fn produce(
         let mut stream = plan.epoch_batches(epoch, split);
         let mut index = 0u64;
         while let Some(batch) = stream.next().await {
-            let item = batch.map_err(Error::from).and_then(|b| {
-                index += 1;
-                if index <= skip {
-                    return Ok(None);
+            index += 1;
+            let item = match batch {
+                Err(e) => Err(Error::from(e)),
+                Ok(_) if index <= skip => continue,
+                // Building masks and copying to the device is CPU work: off the async workers.
+                Ok(b) => {
+                    let convert = convert.clone();
+                    match tokio::task::spawn_blocking(move || convert(b)).await {
+                        Ok(t) => t.map(|t| (Cursor { epoch, batch: index }, t)),
+                        Err(e) => Err(Error::internal(format!("converting a batch stopped: {e}"))),
+                    }
                 }
-                convert(&b).map(|t| Some((Cursor { epoch, batch: index }, t)))
-            });
-            let item = match item {
-                Ok(None) => continue,
-                Ok(Some(x)) => Ok(x),
-                Err(e) => Err(e),
             };
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
@@ -286,6 +303,8 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         data_wait_seconds: 0.0,
         last_loss: None,
         last_eval_loss: None,
+        total_steps: cfg.steps,
+        window: Window::default(),
     };
     match (opts.resume, existing.last()) {
         (true, Some((_, dir))) => {
@@ -304,19 +323,20 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
             trainer.model.params.load(&dir.join("model.safetensors"))?;
             trainer.opt.load(&dir.join("optimizer.safetensors"), old.step)?;
             trainer.step = old.step;
-            state = State { settings: settings_json.clone(), pipeline_hash: hash.clone(), ..old };
+            if old.total_steps != cfg.steps {
+                eprintln!(
+                    "note: `train.steps` changed from {} to {}: the learning-rate schedule now ends at step {}",
+                    old.total_steps, cfg.steps, cfg.steps
+                );
+            }
+            state =
+                State { settings: settings_json.clone(), pipeline_hash: hash.clone(), total_steps: cfg.steps, ..old };
             eprintln!("resuming from `{}` (step {})", dir.display(), state.step);
         }
         (true, None) => {
             eprintln!("no checkpoint in `{}`: starting from step 0", run_dir.display());
         }
-        (false, Some((_, dir))) => {
-            return Err(Error::env_hint(
-                format!("`{}` already holds a run (`{}`)", run_dir.display(), dir.display()),
-                "continue it with `--resume`, or choose another directory with `--run-dir`",
-            ));
-        }
-        (false, None) => {}
+        (false, _) => checkpoint::check_run_dir(&run_dir, false)?,
     }
     let start_step = state.step;
     let mut metrics = metrics::Metrics::open(&run_dir, opts.resume.then_some(state.step))?;
@@ -367,16 +387,16 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
 
     // The pipeline, on the runtime.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Ready>(cfg.prefetch as usize);
-    let (kind, pad, dev, dtype) = (trainer.kind, trainer.pad_id, device.clone(), trainer.dtype);
-    let producer =
-        rt.spawn(produce(plan.clone(), train_split, state.cursor, move |b| to_inputs(kind, b, pad, &dev, dtype), tx));
+    let (kind, pad, vocab, dev, dtype) = (trainer.kind, trainer.pad_id, trainer.vocab, device.clone(), trainer.dtype);
+    let convert = move |b: RecordBatch| to_inputs(kind, &b, pad, vocab, &dev, dtype);
+    let mut producer = rt.spawn(produce(plan.clone(), train_split, state.cursor, convert, tx));
 
     let bar = progress_bar(opts.progress_bar, start_step, cfg.steps);
     let every = cfg.checkpoint.every_steps.unwrap_or(500);
     let keep = cfg.checkpoint.keep.unwrap_or(3) as usize;
     let started = Instant::now();
     let (mut wait_total, mut tokens_total) = (Duration::ZERO, 0u64);
-    let mut window = Window::default();
+    let mut window = state.window;
     let mut first_loss = None;
     let mut last_checkpoint = None;
     let result = (|| -> Result<()> {
@@ -388,8 +408,15 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
                 let t = Instant::now();
                 let received = rx.blocking_recv();
                 wait += t.elapsed();
-                let (cursor, b) =
-                    received.ok_or_else(|| Error::internal("the pipeline stopped without an error"))??;
+                let Some(received) = received else {
+                    // The producer ended without sending its error: it panicked.
+                    let why = match rt.block_on(&mut producer) {
+                        Err(e) if e.is_panic() => format!("the pipeline panicked: {e}"),
+                        _ => "the pipeline stopped without an error".to_string(),
+                    };
+                    return Err(Error::internal(why));
+                };
+                let (cursor, b) = received?;
                 state.cursor = cursor;
                 micro.push(b);
             }
@@ -406,6 +433,7 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
             state.train_seconds += elapsed.as_secs_f64();
             state.data_wait_seconds += wait.as_secs_f64();
             window.add(out.loss, tokens, wait, elapsed);
+            state.window = window;
             let step = trainer.step;
             let eval_due = cfg.eval.as_ref().is_some_and(|e| step % e.every_steps == 0 || step == cfg.steps);
             let eval_loss = if eval_due && !eval_batches.is_empty() { trainer.eval_loss(&eval_batches)? } else { None };
@@ -430,6 +458,7 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
                     eprintln!("step {step}/{}: {msg}", cfg.steps);
                 }
                 window = Window::default();
+                state.window = window;
             }
             bar.inc(1);
             if step % every == 0 || step == cfg.steps {
@@ -457,14 +486,14 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
     })
 }
 
-/// Sums over a logging window.
-#[derive(Default)]
-struct Window {
+/// Sums over a logging window (saved in checkpoints, so a resumed run logs the same lines).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
     loss: f64,
     steps: u64,
     tokens: u64,
-    wait: Duration,
-    wall: Duration,
+    wait_s: f64,
+    wall_s: f64,
 }
 
 impl Window {
@@ -472,8 +501,8 @@ impl Window {
         self.loss += loss;
         self.steps += 1;
         self.tokens += tokens;
-        self.wait += wait;
-        self.wall += wall;
+        self.wait_s += wait.as_secs_f64();
+        self.wall_s += wall.as_secs_f64();
     }
 
     fn record(
@@ -484,16 +513,15 @@ impl Window {
         tokens_seen: u64,
         eval_loss: Option<f64>,
     ) -> metrics::Record {
-        let wall = self.wall.as_secs_f64().max(1e-9);
         metrics::Record {
             step,
             epoch,
             loss: self.loss / self.steps.max(1) as f64,
             lr: last.lr,
             grad_norm: last.grad_norm,
-            tokens_per_s: self.tokens as f64 / wall,
-            data_wait_s: self.wait.as_secs_f64(),
-            compute_s: (self.wall - self.wait).as_secs_f64(),
+            tokens_per_s: self.tokens as f64 / self.wall_s.max(1e-9),
+            data_wait_s: self.wait_s,
+            compute_s: (self.wall_s - self.wait_s).max(0.0),
             tokens_seen,
             eval_loss,
         }
