@@ -157,24 +157,29 @@ fn losses_match_reference() {
     assert!((l as f64 - 0.5346202209913496).abs() < 1e-5, "{l}");
 }
 
-/// A causal batch of one row holding two documents: [doc1 (5 tokens)] [doc2 (rest)].
-fn packed_row(doc2: &[i32]) -> RecordBatch {
-    let w = 12;
-    let mut ids = vec![10, 11, 12, 13, 2];
-    ids.extend_from_slice(doc2);
-    let pos: Vec<i32> = (0..5).chain(0..(w - 5) as i32).collect();
-    let seg: Vec<i32> = [1; 5].into_iter().chain([2; 7]).collect();
+/// A one-row causal batch from its columns.
+fn causal_row(ids: Vec<i32>, pos: Vec<i32>, seg: Vec<i32>, mask: Vec<i32>) -> RecordBatch {
+    let w = ids.len();
     let cols = [
         ("input_ids", ids.clone()),
         ("labels", ids),
         ("position_ids", pos),
         ("segment_ids", seg),
-        ("attention_mask", vec![1; w]),
+        ("attention_mask", mask),
     ];
     let fields: Vec<arrow::datatypes::Field> =
         cols.iter().map(|(n, _)| pretext::task::fixed_list_field(n, w)).collect();
     let arrays = cols.iter().map(|(_, v)| pretext::task::fixed_list(v.clone(), w)).collect();
     RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays).unwrap()
+}
+
+/// A causal batch of one row holding two documents: [doc1 (5 tokens)] [doc2 (7 tokens)].
+fn packed_row(doc2: &[i32]) -> RecordBatch {
+    let mut ids = vec![10, 11, 12, 13, 2];
+    ids.extend_from_slice(doc2);
+    let pos: Vec<i32> = (0..5).chain(0..7).collect();
+    let seg: Vec<i32> = [1; 5].into_iter().chain([2; 7]).collect();
+    causal_row(ids, pos, seg, vec![1; 12])
 }
 
 #[test]
@@ -196,24 +201,12 @@ fn packed_documents_do_not_attend_to_each_other() {
     assert_ne!(a[5..], b[5..]);
     // … and the second document's outputs equal those of the same document alone at the
     // start of a row (positions restart, nothing before it is visible).
-    let alone = {
-        let w = 12;
-        let ids: Vec<i32> = [20, 21, 22, 23, 24, 25, 2, 0, 0, 0, 0, 0].to_vec();
-        let pos: Vec<i32> = (0..w as i32).collect();
-        let seg: Vec<i32> = [1; 7].into_iter().chain([0; 5]).collect();
-        let mask: Vec<i32> = [1; 7].into_iter().chain([0; 5]).collect();
-        let cols = [
-            ("input_ids", ids.clone()),
-            ("labels", ids),
-            ("position_ids", pos),
-            ("segment_ids", seg),
-            ("attention_mask", mask),
-        ];
-        let fields: Vec<arrow::datatypes::Field> =
-            cols.iter().map(|(n, _)| pretext::task::fixed_list_field(n, w)).collect();
-        let arrays = cols.iter().map(|(_, v)| pretext::task::fixed_list(v.clone(), w)).collect();
-        hidden(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays).unwrap())
-    };
+    let alone = hidden(causal_row(
+        [20, 21, 22, 23, 24, 25, 2, 0, 0, 0, 0, 0].to_vec(),
+        (0..12).collect(),
+        [1; 7].into_iter().chain([0; 5]).collect(),
+        [1; 7].into_iter().chain([0; 5]).collect(),
+    ));
     for i in 0..7 {
         for (x, y) in a[5 + i].iter().zip(&alone[i]) {
             assert!((x - y).abs() < 1e-5, "position {i}: {x} vs {y}");
