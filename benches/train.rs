@@ -37,7 +37,7 @@ fn write_pipeline(dir: &Path, model: &str, steps: u64) -> PathBuf {
     let yaml = format!(
         "name: bench\nsource: {{ path: {} }}\ntokenizer: {tokenizer}\ntask: {{ mlm: {{ seq_len: 128 }} }}\n\
          stream: {{ batch_size: 32, shuffle: {{ window_rows: 4096 }} }}\n\
-         train:\n  model: {{ encoder: {model} }}\n  steps: {steps}\n  device: cpu\n  log_every: 1\n\
+         train:\n  model: {{ encoder: {model} }}\n  steps: {steps}\n  schedule: {{ warmup_steps: 2 }}\n  device: cpu\n  log_every: 1\n\
          \x20 checkpoint: {{ every_steps: 1000000, keep: 1 }}\n",
         corpus.display()
     );
@@ -81,6 +81,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("train: bench");
         return;
+    }
+    // As `pretext train` does; `PRETEXT_BENCH_MALLOC=default` keeps glibc's defaults.
+    if env("PRETEXT_BENCH_MALLOC").as_deref() != Some("default") {
+        pretext::train::tune_allocator();
     }
     let reps: usize = env("PRETEXT_BENCH_REPS").and_then(|s| s.parse().ok()).unwrap_or(3);
     let steps: u64 = env("PRETEXT_BENCH_STEPS").and_then(|s| s.parse().ok()).unwrap_or(20);

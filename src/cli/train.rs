@@ -18,6 +18,7 @@ pub fn run(file: &Path, run_dir: Option<PathBuf>, resume: bool, quiet: bool, set
     });
     // Before the plan is built: a tokenizer trained for this run is written into the directory.
     crate::train::checkpoint::check_run_dir(&dir, resume)?;
+    crate::train::tune_allocator();
     let rt = super::runtime()?;
     let build = BuildOptions { tokenizer_dir: Some(dir.clone()), reuse_tokenizer: resume, check_only: false };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;

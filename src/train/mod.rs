@@ -68,6 +68,19 @@ impl TrainReport {
     }
 }
 
+/// Training allocates and frees tensors of the same large sizes every step. With glibc's mmap
+/// threshold (and the fixed 1 MiB one that keeps `export`'s memory flat) each is a fresh mmap
+/// whose pages the kernel zeroes on first touch: a quarter of a CPU step went to page faults.
+/// Serving them from a heap that is not trimmed made steps 1.4-1.5× faster (`benches/train.rs`).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; glibc serialises it internally.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum on 64-bit
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// The training settings of a pipeline (defaults when it has no `train:` section).
 pub fn settings(plan: &Plan) -> TrainSpec {
     plan.pipeline.spec.train.clone().unwrap_or_else(|| serde_json::from_str("{}").expect("train defaults"))
