@@ -19,6 +19,7 @@ pub mod stream;
 pub mod task;
 pub mod tokenize;
 pub mod train;
+pub mod vision;
 
 pub use error::{Error, Result};
 pub use plan::{BuildOptions, Plan};
@@ -36,6 +37,11 @@ impl spec::PipelineSpec {
             spec::TaskSpec::Span(_) => "span",
             spec::TaskSpec::ContrastiveText(_) => "contrastive_text",
             spec::TaskSpec::Denoise(_) => "denoise",
+            spec::TaskSpec::ContrastiveImage(_) => "contrastive_image",
+            spec::TaskSpec::Mae(_) => "mae",
+            spec::TaskSpec::DenoiseImage(_) => "denoise_image",
+            spec::TaskSpec::Scarf(_) => "scarf",
+            spec::TaskSpec::Vime(_) => "vime",
         }
     }
 }

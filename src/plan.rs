@@ -8,15 +8,19 @@ use arrow::array::AsArray;
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::source::{Shard, Source};
-use crate::spec::{PackMode, Pipeline, SpecErrors, TaskSpec, TokenizerSpec};
+use crate::source::{ImageKind, Shard, Source};
+use crate::spec::{AugmentPreset, ImageInputSpec, PackMode, Pipeline, SpecErrors, TaskSpec, TokenizerSpec};
 use crate::stream::Packing;
 use crate::task::causal::Causal;
 use crate::task::contrastive::{Contrastive, Views};
 use crate::task::denoise::Denoise;
 use crate::task::span::Span;
+use crate::task::tabular::{Corruption, Tabular};
+use crate::task::vision::{ContrastiveImage, DenoiseImage, Erase, ImageOut, ImageReader, Mae};
 use crate::task::{mlm::Mlm, Task};
 use crate::tokenize::{train_tokenizer, Framing, TextTokenizer};
+use crate::vision::augment::{Blur, Crop, Jitter, Solarize, ViewAugment};
+use crate::vision::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// Everything a run needs, resolved.
 pub struct Plan {
@@ -87,7 +91,7 @@ impl Plan {
         let shard = resolve_shard(&pipeline)?;
         let (tokenizer, tokenizer_file) = build_tokenizer(&pipeline, &source, opts).await?;
         let stream = &pipeline.spec.stream;
-        let built = build_task(&pipeline, &tokenizer)?;
+        let built = build_task(&pipeline, &tokenizer, &source)?;
         if source.format == crate::spec::Format::Pretext {
             source.check_examples(&pipeline, &built.task.output_schema()).await?;
         }
@@ -123,8 +127,148 @@ struct BuiltTask {
     pad: u32,
 }
 
-fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer) -> Result<BuiltTask> {
+/// Image and table tasks: no tokenizing or packing; rows go to the task as the source reads them.
+fn record_task(task: Arc<dyn Task>, spec: &TaskSpec) -> BuiltTask {
+    BuiltTask {
+        task,
+        row_len: spec.seq_len() as usize,
+        packing: Packing::PerDocument,
+        framing: Framing::Template,
+        whole_word: false,
+        pad: 0,
+    }
+}
+
+/// The output geometry and normalisation of an image task (ImageNet's statistics by default).
+pub fn image_out(i: &ImageInputSpec) -> ImageOut {
+    let c = i.channels as usize;
+    let (mean, std) = match (c, &i.mean, &i.std) {
+        (3, None, None) => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
+        _ => (
+            i.mean.as_ref().map(|v| v.iter().map(|&x| x as f32).collect()).unwrap_or_else(|| vec![0.5; c]),
+            i.std.as_ref().map(|v| v.iter().map(|&x| x as f32).collect()).unwrap_or_else(|| vec![0.5; c]),
+        ),
+    };
+    let (mean, std) = match c {
+        3 if i.mean.is_none() && i.std.is_some() => (IMAGENET_MEAN.to_vec(), std),
+        3 if i.mean.is_some() && i.std.is_none() => (mean, IMAGENET_STD.to_vec()),
+        _ => (mean, std),
+    };
+    ImageOut { size: i.size as usize, channels: c, mean, std }
+}
+
+fn crop(c: &crate::spec::RandomCropSpec) -> Crop {
+    Crop { scale: (c.scale[0], c.scale[1]), ratio: (c.ratio[0], c.ratio[1]) }
+}
+
+/// The views of `contrastive_image`: the preset's recipe per view, with the overrides applied.
+pub fn view_recipes(t: &crate::spec::ContrastiveImageSpec) -> Vec<ViewAugment> {
+    let base: Vec<ViewAugment> = match t.preset {
+        AugmentPreset::Simclr => vec![ViewAugment::simclr()],
+        AugmentPreset::MocoV2 => vec![ViewAugment::moco_v2()],
+        AugmentPreset::Byol => ViewAugment::byol().to_vec(),
+    };
+    (0..t.views as usize)
+        .map(|v| {
+            let mut a = base[v % base.len()].clone();
+            if let Some(o) = &t.augment {
+                if let Some(c) = &o.crop {
+                    a.crop = Some(crop(c));
+                }
+                if let Some(f) = o.flip {
+                    a.flip = f;
+                }
+                if let Some(j) = &o.color_jitter {
+                    a.jitter = Some(Jitter {
+                        brightness: j.brightness,
+                        contrast: j.contrast,
+                        saturation: j.saturation,
+                        hue: j.hue,
+                        p: j.p,
+                    });
+                }
+                if let Some(g) = o.grayscale {
+                    a.grayscale = g;
+                }
+                if let Some(b) = &o.blur {
+                    a.blur = Some(Blur { p: b.p, sigma: (b.sigma[0], b.sigma[1]) });
+                }
+                if let Some(s) = &o.solarize {
+                    a.solarize = Some(Solarize { p: s.p, threshold: s.threshold });
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer, source: &Source) -> Result<BuiltTask> {
     let spec = &pipeline.spec.task;
+    let label = pipeline.spec.source.label_column.is_some();
+    let reader = |channels: u32| ImageReader {
+        kind: source.image_kind.unwrap_or(ImageKind::Encoded),
+        shape: pipeline.spec.source.image_shape.map(|[c, h, w]| [c as usize, h as usize, w as usize]),
+        channels: channels as usize,
+        stats: source.stats.clone(),
+    };
+    match spec {
+        TaskSpec::ContrastiveImage(t) => {
+            let task = ContrastiveImage::new(image_out(&t.image), view_recipes(t), reader(t.image.channels), label);
+            return Ok(record_task(Arc::new(task), spec));
+        }
+        TaskSpec::Mae(t) => {
+            let task = Mae::new(
+                image_out(&t.image),
+                t.patch_size as usize,
+                t.mask_ratio,
+                crop(&t.crop),
+                t.flip,
+                reader(t.image.channels),
+                label,
+            );
+            return Ok(record_task(Arc::new(task), spec));
+        }
+        TaskSpec::DenoiseImage(t) => {
+            let erase = t.erase.as_ref().map(|e| Erase {
+                p: e.p,
+                scale: (e.scale[0], e.scale[1]),
+                ratio: (e.ratio[0], e.ratio[1]),
+                value: e.value as f32,
+            });
+            let task = DenoiseImage::new(
+                image_out(&t.image),
+                t.gaussian,
+                t.salt_pepper,
+                erase,
+                reader(t.image.channels),
+                label,
+            );
+            return Ok(record_task(Arc::new(task), spec));
+        }
+        TaskSpec::Scarf(t) => {
+            let task = Tabular::new(
+                t.columns.clone(),
+                &t.categorical,
+                Corruption::Exact(t.corruption_rate),
+                t.reservoir as usize,
+                t.standardize,
+                label,
+            );
+            return Ok(record_task(Arc::new(task), spec));
+        }
+        TaskSpec::Vime(t) => {
+            let task = Tabular::new(
+                t.columns.clone(),
+                &t.categorical,
+                Corruption::Bernoulli(t.mask_prob),
+                t.reservoir as usize,
+                t.standardize,
+                label,
+            );
+            return Ok(record_task(Arc::new(task), spec));
+        }
+        _ => {}
+    }
     let name = pipeline.spec.task_name();
     let missing = |what: &str, names: &str| {
         Error::Spec(SpecErrors(vec![pipeline.error_at(
@@ -230,6 +374,11 @@ fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer) -> Result<BuiltTas
                 pad,
             }
         }
+        TaskSpec::ContrastiveImage(_)
+        | TaskSpec::Mae(_)
+        | TaskSpec::DenoiseImage(_)
+        | TaskSpec::Scarf(_)
+        | TaskSpec::Vime(_) => unreachable!("record tasks are built above"),
     })
 }
 

@@ -5,7 +5,7 @@
 use arrow::datatypes::{DataType, SchemaRef};
 use serde_json::json;
 
-use crate::task::{causal, contrastive, denoise, mlm, span};
+use crate::task::{causal, contrastive, denoise, mlm, span, tabular, vision};
 
 const KEY: &str = "stable u64 key: the source key column's value (or its hash, or a hash of file and row); packed rows: derived from the first document's key and token offset";
 
@@ -84,16 +84,94 @@ pub fn generated() -> Vec<(&'static str, String)> {
                 ],
             ),
         ),
+        (
+            "tasks/contrastive_image.json",
+            task_doc_sized(
+                "contrastive_image",
+                "Augmented views of each image (SimCLR / BYOL / MoCo v2 recipes); planar channel-major pixels, normalised per channel; undecodable images are skipped and counted",
+                vision::contrastive_schema(2, 3 * 32 * 32, true),
+                &[
+                    ("view_a", "first view: random resized crop → flip → colour jitter → grayscale → blur → solarize, as configured; (x − mean) / std per channel"),
+                    ("view_b", "second view, drawn independently (BYOL: with its own recipe); `views: N` adds view_c, …"),
+                    ("label", "the source's `label_column`, when set (for linear probes); nullable"),
+                ],
+                "channels·size·size",
+                &[],
+            ),
+        ),
+        (
+            "tasks/mae.json",
+            task_doc_sized(
+                "mae",
+                "Masked-autoencoder inputs (He et al. 2021): a randomly resized, flipped and normalised image, and a uniform random mask of exactly round(mask_ratio · patches) patches",
+                vision::mae_schema(3 * 224 * 224, 196, true),
+                &[
+                    ("pixel_values", "the image, planar channel-major, (x − mean) / std per channel (HuggingFace ViTMAE's pixel_values); patch p covers rows (p / (size/patch_size))·patch_size … and columns (p mod (size/patch_size))·patch_size …"),
+                    ("mask", "true where the patch is masked (MAE's mask = 1: removed, to be reconstructed)"),
+                    ("ids_restore", "MAE's ids_restore: the rank of each patch in a random permutation; patches ranked below patches − masked are the kept ones, in rank order"),
+                    ("label", "the source's `label_column`, when set; nullable"),
+                ],
+                "channels·size·size",
+                &[("mask", "patches"), ("ids_restore", "patches")],
+            ),
+        ),
+        (
+            "tasks/denoise_image.json",
+            task_doc_sized(
+                "denoise_image",
+                "Denoising-autoencoder pairs: the resized image, and a copy with gaussian noise, salt and pepper and/or random erasing (applied on [0, 1] pixels, then normalised)",
+                vision::denoise_schema(3 * 32 * 32, true),
+                &[
+                    ("noisy", "the corrupted image, planar channel-major, normalised"),
+                    ("clean", "the image, normalised the same way (the reconstruction target)"),
+                    ("label", "the source's `label_column`, when set; nullable"),
+                ],
+                "channels·size·size",
+                &[],
+            ),
+        ),
+        (
+            "tasks/scarf.json",
+            task_doc_sized(
+                "scarf",
+                "Tabular corruption (SCARF: exactly round(corruption_rate · columns) features per row; VIME: each feature with mask_prob) with replacements drawn from each column's empirical marginal, a seeded reservoir sample of the stream; `vime` has the same columns",
+                tabular::output_schema(16, true),
+                &[
+                    ("features", "the row's features in `columns` order, as f32; nulls imputed (numeric: the reservoir median; categorical: its most frequent code); standardised with the reservoir's mean and std when `standardize`"),
+                    ("corrupted", "features with the corrupted positions replaced by values drawn from the same column"),
+                    ("corruption_mask", "true where the feature was replaced (VIME's mask-estimation target)"),
+                    ("missing_mask", "true where the source value was null (and imputed)"),
+                    ("label", "the source's `label_column`, when set; nullable"),
+                ],
+                "columns",
+                &[],
+            ),
+        ),
     ]
 }
 
 fn task_doc(task: &str, description: &str, schema: SchemaRef, notes: &[(&str, &str)]) -> String {
+    task_doc_sized(task, description, schema, notes, "seq_len", &[])
+}
+
+/// `task_doc` where fixed-size lists are `default_width` long unless `widths` names another.
+fn task_doc_sized(
+    task: &str,
+    description: &str,
+    schema: SchemaRef,
+    notes: &[(&str, &str)],
+    default_width: &str,
+    widths: &[(&str, &str)],
+) -> String {
     let columns: Vec<_> = schema
         .fields()
         .iter()
         .map(|f| {
             let ty = match f.data_type() {
-                DataType::FixedSizeList(item, _) => format!("FixedSizeList<{}, seq_len>", item.data_type()),
+                DataType::FixedSizeList(item, _) => {
+                    let w = widths.iter().find(|(n, _)| n == f.name()).map(|(_, w)| *w).unwrap_or(default_width);
+                    format!("FixedSizeList<{}, {w}>", item.data_type())
+                }
                 other => other.to_string(),
             };
             let text = if f.name() == "example_key" {

@@ -13,7 +13,7 @@ use common::*;
 use futures::StreamExt;
 use pretext::plan::{BuildOptions, Plan};
 use pretext::train::batch::{to_inputs, Inputs, TaskKind};
-use pretext::train::models::{info_nce, masked_cross_entropy, Net};
+use pretext::train::models::{info_nce, masked_cross_entropy, Net, Objective};
 use pretext::train::nn::{attention, layer_norm, Fwd};
 use pretext::train::{settings, train, TrainOptions, Trainer};
 
@@ -69,7 +69,7 @@ fn every_parameter_receives_a_gradient_in_every_model() {
         let (rt, plan) = plan(&file, &[]);
         let trainer = Trainer::new(&plan, &settings(&plan), &Device::Cpu).unwrap();
         let batch = trainer.inputs(&first_batch(&rt, &plan)).unwrap();
-        let loss = trainer.model.loss(&batch.inputs, &Fwd::train(0.1, 7), 0.05).unwrap();
+        let loss = trainer.model.loss(&batch.inputs, &Fwd::train(0.1, 7), Objective::contrastive(0.05)).unwrap();
         let grads = loss.backward().unwrap();
         let unused = trainer.model.unused_prefixes();
         let mut checked = 0;
@@ -353,7 +353,7 @@ fn train_settings_are_checked() {
     let o = pretext(&["validate", "p.yaml"], dir.path());
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("train.model.decoder") && e.contains("trains the `encoder` model"), "{e}");
+    assert!(e.contains("train.model.decoder") && e.contains("trains `encoder`, not `decoder`"), "{e}");
     assert!(e.contains("train.device") && e.contains("cuda:N"), "{e}");
 }
 

@@ -38,6 +38,9 @@ pub enum Command {
         /// How many examples.
         #[arg(short = 'n', long, default_value_t = 3)]
         n: usize,
+        /// Image tasks: also write a PNG contact sheet of the examples (views, masked patches).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
@@ -91,7 +94,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate { files, sets } => validate::run(&files, &sets),
-        Command::Preview { file, n, sets } => preview::run(&file, n, &sets),
+        Command::Preview { file, n, out, sets } => preview::run(&file, n, out.as_deref(), &sets),
         Command::Export { file, out, resume, quiet, sets } => export::run(&file, out, resume, quiet, &sets),
         Command::Train { file, run_dir, resume, quiet, sets } => train::run(&file, run_dir, resume, quiet, &sets),
         Command::Plot { run_dir } => plot::run(&run_dir),

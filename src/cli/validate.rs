@@ -13,14 +13,23 @@ pub fn run(files: &[PathBuf], sets: &[String]) -> Result<i32> {
             rt.block_on(Plan::build(p, &BuildOptions { tokenizer_dir: None, reuse_tokenizer: false, check_only: true }))
         });
         match result {
-            Ok(plan) => println!(
-                "ok: {} ({}, {} {} file(s), tokenizer {})",
-                file.display(),
-                plan.pipeline.spec.task_name(),
-                plan.source.files.len(),
-                format!("{:?}", plan.source.format).to_lowercase(),
-                plan.tokenizer.description
-            ),
+            Ok(plan) => {
+                let reads = match (plan.source.input, plan.source.image_kind) {
+                    (crate::spec::TaskInput::Text, _) => format!("tokenizer {}", plan.tokenizer.description),
+                    (crate::spec::TaskInput::Image, Some(crate::source::ImageKind::Encoded)) => "encoded images".into(),
+                    (crate::spec::TaskInput::Image, _) => "pixel-array images".into(),
+                    (crate::spec::TaskInput::Table, _) => {
+                        format!("{} feature columns", plan.pipeline.spec.task.table_columns().len())
+                    }
+                };
+                println!(
+                    "ok: {} ({}, {} {} file(s), {reads})",
+                    file.display(),
+                    plan.pipeline.spec.task_name(),
+                    plan.source.files.len(),
+                    format!("{:?}", plan.source.format).to_lowercase(),
+                )
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{e}");

@@ -1,7 +1,7 @@
 //! `pretext preview`: the first examples of the stream, decoded, with the pretext corruption
 //! visible.
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 
 use crate::error::Result;
@@ -133,4 +133,150 @@ pub fn render_generic(tok: &TextTokenizer, batch: &RecordBatch, first: usize, li
         }
     }
     Ok(out)
+}
+
+/// The image columns a contact sheet shows for `task`, in order.
+pub fn image_columns(batch: &RecordBatch) -> Vec<String> {
+    let names = ["pixel_values", "noisy", "clean"];
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .filter(|n| n.starts_with("view_") || names.contains(&n.as_str()))
+        .collect()
+}
+
+/// One line per image example: key, label and the value range of each image column.
+pub fn render_images(batch: &RecordBatch, first: usize, limit: usize) -> Result<String> {
+    let keys = batch.column(0).as_primitive::<UInt64Type>();
+    let label = batch.column_by_name("label").map(|l| l.as_primitive::<arrow::datatypes::Int64Type>().clone());
+    let cols = image_columns(batch);
+    let mut out = String::new();
+    for row in 0..batch.num_rows().min(limit) {
+        out.push_str(&format!("--- example {} · example_key {}", first + row + 1, keys.value(row)));
+        if let Some(l) = &label {
+            if l.is_valid(row) {
+                out.push_str(&format!(" · label {}", l.value(row)));
+            }
+        }
+        out.push_str(" ---\n");
+        for c in &cols {
+            let values = crate::task::vision::f32_values(batch, c)?;
+            let w = values.len() / batch.num_rows().max(1);
+            let v = &values[row * w..(row + 1) * w];
+            let mean = v.iter().sum::<f32>() / w as f32;
+            let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            out.push_str(&format!("{c:>14}: {w} values, mean {mean:+.3}, range [{lo:+.3}, {hi:+.3}]\n"));
+        }
+        if batch.column_by_name("mask").is_some() {
+            let mask = crate::task::vision::bool_values(batch, "mask")?;
+            let n = mask.len() / batch.num_rows().max(1);
+            let m = mask[row * n..(row + 1) * n].iter().filter(|&&x| x).count();
+            out.push_str(&format!("{:>14}: {m} of {n} patches masked\n", "mask"));
+        }
+    }
+    Ok(out)
+}
+
+/// Tabular examples: one table per example, a line per feature with its value, its corrupted
+/// value (`*` where replaced) and `?` where the source was null (imputed).
+pub fn render_table(batch: &RecordBatch, columns: &[String], first: usize, limit: usize) -> Result<String> {
+    let keys = batch.column(0).as_primitive::<UInt64Type>();
+    let feat = crate::task::vision::f32_values(batch, "features")?;
+    let cor = crate::task::vision::f32_values(batch, "corrupted")?;
+    let mask = crate::task::vision::bool_values(batch, "corruption_mask")?;
+    let missing = crate::task::vision::bool_values(batch, "missing_mask")?;
+    let c = columns.len();
+    let width = columns.iter().map(|s| s.len()).max().unwrap_or(0).max(7);
+    let mut out = String::new();
+    for row in 0..batch.num_rows().min(limit) {
+        let replaced = mask[row * c..(row + 1) * c].iter().filter(|&&m| m).count();
+        out.push_str(&format!(
+            "--- example {} · example_key {} · {replaced} of {c} features corrupted ---\n",
+            first + row + 1,
+            keys.value(row)
+        ));
+        out.push_str(&format!("{:<width$}  {:>12}  {:>12}\n", "feature", "value", "corrupted"));
+        for (j, name) in columns.iter().enumerate() {
+            let i = row * c + j;
+            out.push_str(&format!(
+                "{:<width$}  {:>11.4}{}  {:>11.4}{}\n",
+                name,
+                feat[i],
+                if missing[i] { "?" } else { " " },
+                cor[i],
+                if mask[i] { "*" } else { " " },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Legend printed under tabular previews.
+pub const TABLE_LEGEND: &str = "legend: * replaced from the column's marginal · ? null in the source (imputed)";
+
+/// Writes a PNG contact sheet: a row per example, a tile per image column (MAE adds the masked
+/// input, hidden patches grey), pixels un-normalised with `mean` / `std` and upscaled to at least
+/// 96 pixels.
+pub fn contact_sheet(
+    batch: &RecordBatch,
+    rows: usize,
+    out: &crate::task::vision::ImageOut,
+    patch_size: Option<usize>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let cols = image_columns(batch);
+    let mask = match batch.column_by_name("mask") {
+        Some(_) => Some(crate::task::vision::bool_values(batch, "mask")?),
+        None => None,
+    };
+    let tiles = cols.len() + mask.is_some() as usize;
+    let (s, ch) = (out.size, out.channels);
+    let scale = (96 / s).max(1);
+    let (tile, gap) = (s * scale, 4);
+    let rows = rows.min(batch.num_rows());
+    let (w, h) = (tiles * (tile + gap) + gap, rows * (tile + gap) + gap);
+    let mut sheet = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([255, 255, 255]));
+    let plane = s * s;
+    let mut draw = |r: usize, t: usize, img: &[f32], hidden: Option<&[bool]>| {
+        for y in 0..s {
+            for x in 0..s {
+                let mut px = [0u8; 3];
+                for (k, p) in px.iter_mut().enumerate() {
+                    let c = if ch == 1 { 0 } else { k };
+                    let v = img[c * plane + y * s + x] * out.std[c] + out.mean[c];
+                    *p = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                }
+                if let (Some(hidden), Some(p)) = (hidden, patch_size) {
+                    if hidden[(y / p) * (s / p) + x / p] {
+                        px = [128, 128, 128];
+                    }
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (px_x, px_y) =
+                            (gap + t * (tile + gap) + x * scale + dx, gap + r * (tile + gap) + y * scale + dy);
+                        sheet.put_pixel(px_x as u32, px_y as u32, image::Rgb(px));
+                    }
+                }
+            }
+        }
+    };
+    for r in 0..rows {
+        for (t, c) in cols.iter().enumerate() {
+            let values = crate::task::vision::f32_values(batch, c)?;
+            let wd = values.len() / batch.num_rows();
+            draw(r, t, &values[r * wd..(r + 1) * wd], None);
+        }
+        if let Some(m) = &mask {
+            let n = m.len() / batch.num_rows();
+            let values = crate::task::vision::f32_values(batch, "pixel_values")?;
+            let wd = values.len() / batch.num_rows();
+            draw(r, cols.len(), &values[r * wd..(r + 1) * wd], Some(&m[r * n..(r + 1) * n]));
+        }
+    }
+    sheet
+        .save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| crate::Error::env(format!("cannot write `{}`: {e}", path.display())))
 }

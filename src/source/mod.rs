@@ -20,7 +20,7 @@ use datafusion::prelude::*;
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::spec::{Format, Pipeline, SpecErrors};
+use crate::spec::{Format, Pipeline, SpecErrors, TaskInput};
 use crate::BatchStream;
 pub use files::{format_of, SourceFile};
 
@@ -31,16 +31,43 @@ pub struct SourceStats {
     pub null_text: AtomicU64,
     pub blank_text: AtomicU64,
     pub documents: AtomicU64,
+    /// Image tasks: rows whose image is null (skipped).
+    pub null_image: AtomicU64,
+    /// Image tasks: images that could not be decoded (skipped), and the first few of them.
+    pub undecodable: AtomicU64,
+    pub undecodable_examples: std::sync::Mutex<Vec<String>>,
 }
+
+/// How many undecodable images are named in the summary and manifest.
+pub const NAMED_UNDECODABLE: usize = 5;
 
 impl SourceStats {
     pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "rows_read": self.rows.load(Ordering::Relaxed),
             "skipped_null_text": self.null_text.load(Ordering::Relaxed),
             "skipped_blank_text": self.blank_text.load(Ordering::Relaxed),
             "documents": self.documents.load(Ordering::Relaxed),
-        })
+        });
+        let (nulls, bad) = (self.null_image.load(Ordering::Relaxed), self.undecodable.load(Ordering::Relaxed));
+        if nulls > 0 || bad > 0 {
+            v["skipped_null_image"] = nulls.into();
+            v["skipped_undecodable_image"] = bad.into();
+            let named = self.undecodable_examples.lock().map(|v| v.clone()).unwrap_or_default();
+            v["undecodable_images"] = named.into();
+        }
+        v
+    }
+
+    /// Counts an image that could not be decoded, naming the first few.
+    pub fn record_undecodable(&self, key: u64, reason: &str) {
+        let n = self.undecodable.fetch_add(1, Ordering::Relaxed);
+        if (n as usize) < NAMED_UNDECODABLE {
+            if let Ok(mut v) = self.undecodable_examples.lock() {
+                v.push(format!("example_key {key}: {reason}"));
+            }
+            tracing::warn!("skipping an undecodable image (example_key {key}): {reason}");
+        }
     }
 }
 
@@ -64,7 +91,79 @@ pub struct Source {
     sql: Option<String>,
     text_column: String,
     key_column: Option<String>,
+    /// What the task reads: text (`example_key`, `text`) or records (see [`Source::record_schema`]).
+    pub input: TaskInput,
+    image_column: String,
+    label_column: Option<String>,
+    table_columns: Vec<String>,
+    /// How the image column stores images (image tasks).
+    pub image_kind: Option<ImageKind>,
     pub stats: Arc<SourceStats>,
+}
+
+/// How a source column stores images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// Encoded PNG / JPEG bytes (a binary column).
+    Encoded,
+    /// Planar pixel arrays of u8 (0-255).
+    U8,
+    /// Planar pixel arrays of floats (0-1).
+    F32,
+}
+
+impl ImageKind {
+    fn of(t: &DataType) -> Option<ImageKind> {
+        match t {
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+                Some(ImageKind::Encoded)
+            }
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::ListView(f) => {
+                match f.data_type() {
+                    DataType::UInt8 => Some(ImageKind::U8),
+                    DataType::Float32 | DataType::Float64 | DataType::Float16 => Some(ImageKind::F32),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The Arrow type the scan casts the column to.
+    pub fn data_type(&self) -> DataType {
+        match self {
+            ImageKind::Encoded => DataType::Binary,
+            ImageKind::U8 => DataType::List(Arc::new(Field::new("item", DataType::UInt8, true))),
+            ImageKind::F32 => DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+        }
+    }
+}
+
+fn is_integer(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    is_integer(t)
+        || matches!(
+            t,
+            DataType::Float16
+                | DataType::Float32
+                | DataType::Float64
+                | DataType::Boolean
+                | DataType::Decimal128(_, _)
+                | DataType::Decimal256(_, _)
+        )
 }
 
 /// Schema of the source stream.
@@ -93,13 +192,18 @@ impl Source {
             files::check_parquet_footers(&files)?;
         }
         let spec = &pipeline.spec.source;
-        let source = Source {
+        let mut source = Source {
             root,
             files,
             format,
             sql: spec.sql.clone(),
             text_column: spec.text_column.clone(),
             key_column: spec.key_column.clone(),
+            input: pipeline.spec.task.input(),
+            image_column: spec.image_column.clone(),
+            label_column: spec.label_column.clone(),
+            table_columns: pipeline.spec.task.table_columns().to_vec(),
+            image_kind: None,
             stats: Arc::new(SourceStats::default()),
         };
         if format == Format::Pretext {
@@ -128,18 +232,98 @@ impl Source {
             };
             let schema = df.schema();
             let columns = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
-            match schema.fields().iter().find(|fl| fl.name() == &source.text_column) {
-                None => errors.push(pipeline.error_at(
-                    &["source", "text_column"],
-                    format!("column `{}` not found in `{}`", source.text_column, f.relative),
-                    Some(format!("the columns are: {}", columns())),
-                )),
-                Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(
-                    &["source", "text_column"],
-                    format!("column `{}` in `{}` is {}, not a string column", source.text_column, f.relative, field.data_type()),
-                    Some(format!("pick a string column, or cast it in `source.sql` (e.g. `SELECT CAST(x AS VARCHAR) AS text FROM source`); the columns are: {}", columns())),
-                )),
-                Some(_) => {}
+            match source.input {
+                TaskInput::Text => match schema.fields().iter().find(|fl| fl.name() == &source.text_column) {
+                    None => errors.push(pipeline.error_at(
+                        &["source", "text_column"],
+                        format!("column `{}` not found in `{}`", source.text_column, f.relative),
+                        Some(format!("the columns are: {}", columns())),
+                    )),
+                    Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(
+                        &["source", "text_column"],
+                        format!("column `{}` in `{}` is {}, not a string column", source.text_column, f.relative, field.data_type()),
+                        Some(format!("pick a string column, or cast it in `source.sql` (e.g. `SELECT CAST(x AS VARCHAR) AS text FROM source`); the columns are: {}", columns())),
+                    )),
+                    Some(_) => {}
+                },
+                TaskInput::Image => {
+                    let col = &source.image_column;
+                    match schema.fields().iter().find(|fl| fl.name() == col) {
+                        None => errors.push(pipeline.error_at(
+                            &["source", "image_column"],
+                            format!("column `{col}` not found in `{}`", f.relative),
+                            Some(format!("name the column holding the images; the columns are: {}", columns())),
+                        )),
+                        Some(field) => match ImageKind::of(field.data_type()) {
+                            None => errors.push(pipeline.error_at(
+                                &["source", "image_column"],
+                                format!("column `{col}` in `{}` is {}, which holds no images", f.relative, field.data_type()),
+                                Some("images are encoded PNG / JPEG bytes (binary) or planar pixel lists of u8 or float".into()),
+                            )),
+                            Some(kind) => {
+                                if source.image_kind.is_some_and(|k| k != kind) {
+                                    errors.push(pipeline.error_at(
+                                        &["source", "image_column"],
+                                        format!("column `{col}` in `{}` is {}, unlike the files before it", f.relative, field.data_type()),
+                                        Some("every file must store images the same way".into()),
+                                    ));
+                                }
+                                source.image_kind = Some(kind);
+                                let shape = pipeline.spec.source.image_shape;
+                                if kind != ImageKind::Encoded && shape.is_none() {
+                                    errors.push(pipeline.error_at(
+                                        &["source", "image_shape"],
+                                        format!("column `{col}` holds pixel arrays ({}), whose shape must be given", field.data_type()),
+                                        Some("add `image_shape: [channels, height, width]` to `source` (planar, channel-major)".into()),
+                                    ));
+                                }
+                                if kind == ImageKind::Encoded && shape.is_some() {
+                                    errors.push(pipeline.error_at(
+                                        &["source", "image_shape"],
+                                        format!("column `{col}` holds encoded images, which carry their own shape"),
+                                        Some("remove `image_shape` (it is for pixel arrays)".into()),
+                                    ));
+                                }
+                            }
+                        },
+                    }
+                }
+                TaskInput::Table => {
+                    for col in &source.table_columns {
+                        let at = ["task", pipeline.spec.task_name(), "columns"];
+                        match schema.fields().iter().find(|fl| fl.name() == col) {
+                            None => errors.push(pipeline.error_at(
+                                &at,
+                                format!("column `{col}` not found in `{}`", f.relative),
+                                Some(match crate::spec::did_you_mean(col, schema.fields().iter().map(|f| f.name().as_str())) {
+                                    Some(m) => format!("did you mean `{m}`? the columns are: {}", columns()),
+                                    None => format!("the columns are: {}", columns()),
+                                }),
+                            )),
+                            Some(field) if !is_numeric(field.data_type()) => errors.push(pipeline.error_at(
+                                &at,
+                                format!("column `{col}` in `{}` is {}, not numeric", f.relative, field.data_type()),
+                                Some("encode categories as integer codes in `source.sql` (e.g. `CASE color WHEN 'red' THEN 0 WHEN 'blue' THEN 1 END AS color`) and list them in `categorical`".into()),
+                            )),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            if let Some(l) = source.label_column.as_ref().filter(|_| source.input != TaskInput::Text) {
+                match schema.fields().iter().find(|fl| fl.name() == l) {
+                    None => errors.push(pipeline.error_at(
+                        &["source", "label_column"],
+                        format!("column `{l}` not found in `{}`", f.relative),
+                        Some(format!("the columns are: {}", columns())),
+                    )),
+                    Some(field) if !is_integer(field.data_type()) => errors.push(pipeline.error_at(
+                        &["source", "label_column"],
+                        format!("column `{l}` in `{}` is {}, not an integer class id", f.relative, field.data_type()),
+                        Some("map the labels to integers in `source.sql`".into()),
+                    )),
+                    Some(_) => {}
+                }
             }
             if let Some(k) = &source.key_column {
                 if !schema.fields().iter().any(|fl| fl.name() == k) {
@@ -158,6 +342,27 @@ impl Source {
             return Err(Error::Spec(SpecErrors(errors)));
         }
         Ok(source)
+    }
+
+    /// Schema of the scanned rows: [`doc_schema`] for text tasks; for image tasks `example_key`,
+    /// `image` (see [`ImageKind::data_type`]) and `label: Int64` when `label_column` is set; for
+    /// tabular tasks `example_key`, each feature column as nullable `Float64`, and `label`.
+    pub fn scan_schema(&self) -> SchemaRef {
+        let mut fields = vec![Field::new("example_key", DataType::UInt64, false)];
+        match self.input {
+            TaskInput::Text => return doc_schema(),
+            TaskInput::Image => {
+                let kind = self.image_kind.unwrap_or(ImageKind::Encoded);
+                fields.push(Field::new("image", kind.data_type(), false));
+            }
+            TaskInput::Table => {
+                fields.extend(self.table_columns.iter().map(|c| Field::new(c, DataType::Float64, true)));
+            }
+        }
+        if self.label_column.is_some() {
+            fields.push(Field::new("label", DataType::Int64, true));
+        }
+        Arc::new(Schema::new(fields))
     }
 
     /// Total size of the input files in bytes.
@@ -221,7 +426,7 @@ impl Source {
     }
 
     fn scan_inner(&self, shard: Shard, opts: ScanOptions, examples: Option<SchemaRef>) -> BatchStream {
-        let out_schema = examples.clone().unwrap_or_else(doc_schema);
+        let out_schema = examples.clone().unwrap_or_else(|| self.scan_schema());
         let mut order: Vec<usize> = (0..self.files.len()).collect();
         if let Some(seed) = opts.shuffle_seed {
             use rand::seq::SliceRandom;
@@ -257,7 +462,8 @@ impl Source {
                             let fi = *file_idx;
                             let out = match st.examples.clone() {
                                 Some(schema) => st.examples(&batch, fi, &schema)?,
-                                None => st.documents(&batch, fi, start)?,
+                                None if st.source.input == TaskInput::Text => st.documents(&batch, fi, start)?,
+                                None => st.records(&batch, fi, start)?,
                             };
                             if out.num_rows() > 0 {
                                 return Ok(Some((out, st)));
@@ -427,16 +633,10 @@ impl ScanState {
         Ok(arrow::compute::filter_record_batch(&out, &BooleanArray::from(keep))?)
     }
 
-    /// Keys, blank/null filtering and sharding for one batch of file `fi` starting at `row`.
-    fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
+    /// The example keys of one batch of file `fi` starting at `row`.
+    fn keys(&self, batch: &RecordBatch, fi: usize, row: u64) -> Result<Vec<u64>> {
         let src = &self.source;
-        let n = batch.num_rows();
-        let text = batch.column_by_name(&src.text_column).ok_or_else(|| {
-            Error::data(format!("column `{}` disappeared from `{}`", src.text_column, src.files[fi].relative))
-        })?;
-        let text = arrow::compute::cast(text, &DataType::Utf8View)?;
-        let text = text.as_string_view();
-        let keys: Vec<u64> = match &src.key_column {
+        Ok(match &src.key_column {
             Some(k) => {
                 let col = batch.column_by_name(k).ok_or_else(|| {
                     Error::data(format!("column `{k}` disappeared from `{}`", src.files[fi].relative))
@@ -450,11 +650,103 @@ impl ScanState {
             }
             None => {
                 let file_seed = xxhash_rust::xxh3::xxh3_64(src.files[fi].relative.as_bytes());
-                (0..n as u64)
+                (0..batch.num_rows() as u64)
                     .map(|i| xxhash_rust::xxh3::xxh3_64_with_seed(&(row + i).to_le_bytes(), file_seed))
                     .collect()
             }
+        })
+    }
+
+    /// Whether the next row that passed the filters belongs to this split and shard.
+    fn mine(&mut self, key: u64) -> bool {
+        if !self.split.contains(key) {
+            return false;
+        }
+        let mine = self.ordinal % self.shard.world_size == self.shard.rank;
+        self.ordinal += 1;
+        mine
+    }
+
+    /// Image and table rows: keys, null-image filtering, split and shard, columns cast to
+    /// [`Source::scan_schema`].
+    fn records(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let keys = self.keys(batch, fi, row)?;
+        let src = self.source.clone();
+        let schema = src.scan_schema();
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::data(format!("column `{name}` disappeared from `{}`", src.files[fi].relative)))
         };
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(keys.clone()))];
+        let mut null_images = None;
+        for field in schema.fields().iter().skip(1) {
+            let name = match (field.name().as_str(), src.input) {
+                ("image", TaskInput::Image) => src.image_column.as_str(),
+                ("label", _) if src.label_column.is_some() => src.label_column.as_deref().unwrap_or("label"),
+                (other, _) => other,
+            };
+            let col = column(name)?;
+            let cast = arrow::compute::cast(col, field.data_type()).map_err(|e| {
+                Error::data_hint(
+                    format!(
+                        "column `{name}` in `{}` cannot be read as {}: {e}",
+                        src.files[fi].relative,
+                        field.data_type()
+                    ),
+                    "fix the values, or convert the column in `source.sql`",
+                )
+            })?;
+            if field.name() == "image" {
+                null_images = cast.logical_nulls();
+            }
+            columns.push(cast);
+        }
+        let mut keep = Vec::with_capacity(n);
+        let mut nulls = 0u64;
+        let mut docs = 0u64;
+        for (i, &key) in keys.iter().enumerate() {
+            let ok = if null_images.as_ref().is_some_and(|b| b.is_null(i)) {
+                nulls += 1;
+                false
+            } else {
+                self.mine(key)
+            };
+            docs += ok as u64;
+            keep.push(ok);
+        }
+        if self.count {
+            src.stats.rows.fetch_add(n as u64, Ordering::Relaxed);
+            src.stats.null_image.fetch_add(nulls, Ordering::Relaxed);
+            src.stats.documents.fetch_add(docs, Ordering::Relaxed);
+        }
+        let mask = BooleanArray::from(keep);
+        let columns = columns
+            .iter()
+            .map(|c| {
+                let c = arrow::compute::filter(c, &mask)?;
+                // The image column is non-null once null rows are gone; drop its validity buffer.
+                Ok(if c.null_count() == 0 && c.nulls().is_some() {
+                    arrow::array::make_array(c.to_data().into_builder().nulls(None).build()?)
+                } else {
+                    c
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// Keys, blank/null filtering and sharding for one batch of file `fi` starting at `row`.
+    fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
+        let src = self.source.clone();
+        let n = batch.num_rows();
+        let text = batch.column_by_name(&src.text_column).ok_or_else(|| {
+            Error::data(format!("column `{}` disappeared from `{}`", src.text_column, src.files[fi].relative))
+        })?;
+        let text = arrow::compute::cast(text, &DataType::Utf8View)?;
+        let text = text.as_string_view();
+        let keys = self.keys(batch, fi, row)?;
         let mut keep = Vec::with_capacity(n);
         let (mut nulls, mut blanks, mut docs) = (0u64, 0u64, 0u64);
         for (i, &key) in keys.iter().enumerate() {
@@ -464,11 +756,8 @@ impl ScanState {
             } else if text.value(i).trim().is_empty() {
                 blanks += 1;
                 false
-            } else if !self.split.contains(key) {
-                false
             } else {
-                let mine = self.ordinal % self.shard.world_size == self.shard.rank;
-                self.ordinal += 1;
+                let mine = self.mine(key);
                 docs += mine as u64;
                 mine
             };

@@ -331,6 +331,62 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
             }
         }
         TaskSpec::Causal(_) => {}
+        TaskSpec::ContrastiveImage(t) => {
+            image_rules(&t.image, "contrastive_image", &mut issues);
+            if let Some(a) = &t.augment {
+                let at = |k: &str| p(&["task", "contrastive_image", "augment", k]);
+                if let Some(c) = &a.crop {
+                    crop_rules(c, at("crop"), &mut issues);
+                }
+                if let Some(b) = &a.blur {
+                    range_rule(b.sigma, 1e-3, 100.0, [at("blur"), p(&["sigma"])].concat(), "sigma", &mut issues);
+                }
+            }
+        }
+        TaskSpec::Mae(t) => {
+            image_rules(&t.image, "mae", &mut issues);
+            crop_rules(&t.crop, p(&["task", "mae", "crop"]), &mut issues);
+            if t.image.size % t.patch_size != 0 {
+                issues.push(Issue::at(
+                    &p(&["task", "mae", "patch_size"]),
+                    format!("patch_size {} does not divide image.size {}", t.patch_size, t.image.size),
+                    Some("MAE uses 224-pixel images and 16-pixel patches (196 patches)".into()),
+                ));
+            }
+        }
+        TaskSpec::DenoiseImage(t) => {
+            image_rules(&t.image, "denoise_image", &mut issues);
+            if t.gaussian == 0.0 && t.salt_pepper == 0.0 && t.erase.as_ref().is_none_or(|e| e.p == 0.0) {
+                issues.push(Issue::at(
+                    &p(&["task", "denoise_image"]),
+                    "no corruption: the noisy images would equal the clean ones".into(),
+                    Some("set `gaussian: 0.1`, `salt_pepper: 0.05` or `erase: {}`".into()),
+                ));
+            }
+            if let Some(e) = &t.erase {
+                let at = p(&["task", "denoise_image", "erase"]);
+                range_rule(e.scale, 1e-6, 1.0, [at.clone(), p(&["scale"])].concat(), "scale", &mut issues);
+                range_rule(e.ratio, 1e-3, 1e3, [at, p(&["ratio"])].concat(), "ratio", &mut issues);
+            }
+        }
+        TaskSpec::Scarf(t) => table_rules(&t.columns, &t.categorical, "scarf", &mut issues),
+        TaskSpec::Vime(t) => table_rules(&t.columns, &t.categorical, "vime", &mut issues),
+    }
+    if spec.task.input() != TaskInput::Text && !matches!(spec.tokenizer, TokenizerSpec::Bytes(_)) {
+        issues.push(Issue::at_key(
+            &p(&["tokenizer"]),
+            format!("task `{}` reads no text, so it has no use for a tokenizer", spec.task_name()),
+            Some("remove the `tokenizer` section".into()),
+        ));
+    }
+    if let Some([c, h, w]) = spec.source.image_shape {
+        if !(c == 1 || c == 3) || h == 0 || w == 0 {
+            issues.push(Issue::at(
+                &p(&["source", "image_shape"]),
+                format!("image_shape [{c}, {h}, {w}] is not [channels (1 or 3), height, width]"),
+                Some("pixel arrays are planar: e.g. `image_shape: [3, 32, 32]` for CIFAR".into()),
+            ));
+        }
     }
     if let Some(train) = &spec.train {
         train_rules(spec, train, &mut issues);
@@ -381,6 +437,67 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
     issues
 }
 
+fn image_rules(image: &ImageInputSpec, task: &str, issues: &mut Vec<Issue>) {
+    let at = |k: &str| vec!["task".to_string(), task.to_string(), "image".to_string(), k.to_string()];
+    if image.channels == 2 {
+        issues.push(Issue::at(&at("channels"), "images have 1 (grey) or 3 (RGB) channels, not 2".into(), None));
+    }
+    for (name, values) in [("mean", &image.mean), ("std", &image.std)] {
+        let Some(v) = values else { continue };
+        if v.len() != image.channels as usize {
+            issues.push(Issue::at(
+                &at(name),
+                format!("{} values for {} channel(s)", v.len(), image.channels),
+                Some(format!("give one {name} per channel")),
+            ));
+        } else if name == "std" && v.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+            issues.push(Issue::at(&at(name), "every std must be positive".into(), None));
+        }
+    }
+}
+
+fn crop_rules(c: &RandomCropSpec, at: Vec<String>, issues: &mut Vec<Issue>) {
+    range_rule(c.scale, 1e-6, 1.0, [at.clone(), vec!["scale".into()]].concat(), "scale", issues);
+    range_rule(c.ratio, 1e-3, 1e3, [at, vec!["ratio".into()]].concat(), "ratio", issues);
+}
+
+/// A `[lo, hi]` pair with `min ≤ lo ≤ hi ≤ max`.
+fn range_rule(v: [f64; 2], min: f64, max: f64, at: Vec<String>, name: &str, issues: &mut Vec<Issue>) {
+    if !(v[0] >= min && v[0] <= v[1] && v[1] <= max) {
+        issues.push(Issue::at(
+            &at,
+            format!("{name} [{}, {}] is not a range within [{min}, {max}]", v[0], v[1]),
+            Some("write `[low, high]` with low ≤ high".into()),
+        ));
+    }
+}
+
+fn table_rules(columns: &[String], categorical: &[String], task: &str, issues: &mut Vec<Issue>) {
+    let at = |k: &str| vec!["task".to_string(), task.to_string(), k.to_string()];
+    if columns.is_empty() {
+        issues.push(Issue::at(
+            &at("columns"),
+            "no feature columns".into(),
+            Some("list the numeric columns, e.g. `columns: [age, income]`".into()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in columns {
+        if !seen.insert(c) {
+            issues.push(Issue::at(&at("columns"), format!("column `{c}` is listed twice"), None));
+        }
+    }
+    for c in categorical {
+        if !columns.contains(c) {
+            issues.push(Issue::at(
+                &at("categorical"),
+                format!("`{c}` is not one of `columns`"),
+                Some("categorical columns are a subset of `columns`; add it there too".into()),
+            ));
+        }
+    }
+}
+
 /// Applies `a.b.c=value`: the value is parsed as YAML (so `8`, `true`, `[1, 2]` and
 /// `{window_rows: 64}` work) and placed at the path, creating maps on the way.
 fn apply_override(tree: &mut Node, text: &str) -> Result<(), String> {
@@ -425,6 +542,21 @@ pub fn default_model(task: &TaskSpec) -> ModelSpec {
         TaskSpec::Mlm(_) | TaskSpec::ContrastiveText(_) => ModelSpec::Encoder(EncoderSpec::default()),
         TaskSpec::Causal(_) => ModelSpec::Decoder(BlockSizes::default()),
         TaskSpec::Span(_) | TaskSpec::Denoise(_) => ModelSpec::Seq2seq(BlockSizes::default()),
+        TaskSpec::ContrastiveImage(_) | TaskSpec::Mae(_) | TaskSpec::DenoiseImage(_) => {
+            ModelSpec::Vit(VitSpec::default())
+        }
+        TaskSpec::Scarf(_) | TaskSpec::Vime(_) => ModelSpec::Mlp(MlpSpec::default()),
+    }
+}
+
+/// The model kinds a task can train (the first is its default).
+pub fn allowed_models(task: &TaskSpec) -> &'static [&'static str] {
+    match task {
+        TaskSpec::Mlm(_) | TaskSpec::ContrastiveText(_) => &["encoder"],
+        TaskSpec::Causal(_) => &["decoder"],
+        TaskSpec::Span(_) | TaskSpec::Denoise(_) => &["seq2seq"],
+        TaskSpec::ContrastiveImage(_) | TaskSpec::DenoiseImage(_) | TaskSpec::Mae(_) => &["vit"],
+        TaskSpec::Scarf(_) | TaskSpec::Vime(_) => &["mlp"],
     }
 }
 
@@ -435,14 +567,21 @@ impl ModelSpec {
             ModelSpec::Encoder(_) => "encoder",
             ModelSpec::Decoder(_) => "decoder",
             ModelSpec::Seq2seq(_) => "seq2seq",
+            ModelSpec::Vit(_) => "vit",
+            ModelSpec::Cnn(_) => "cnn",
+            ModelSpec::Mlp(_) => "mlp",
         }
     }
 
-    /// The transformer sizes.
-    pub fn sizes(&self) -> BlockSizes {
+    /// The transformer sizes (`None` for the CNN and the MLP).
+    pub fn sizes(&self) -> Option<BlockSizes> {
         match self {
-            ModelSpec::Encoder(e) => e.sizes(),
-            ModelSpec::Decoder(s) | ModelSpec::Seq2seq(s) => s.clone(),
+            ModelSpec::Encoder(e) => Some(e.sizes()),
+            ModelSpec::Decoder(s) | ModelSpec::Seq2seq(s) => Some(s.clone()),
+            ModelSpec::Vit(v) => {
+                Some(BlockSizes { layers: v.layers, hidden: v.hidden, heads: v.heads, ffn: None, dropout: 0.0 })
+            }
+            ModelSpec::Cnn(_) | ModelSpec::Mlp(_) => None,
         }
     }
 }
@@ -469,16 +608,16 @@ impl DeviceChoice {
 fn train_rules(spec: &PipelineSpec, train: &TrainSpec, issues: &mut Vec<Issue>) {
     let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let task = spec.task_name();
-    let wanted = default_model(&spec.task).kind();
+    let allowed = allowed_models(&spec.task);
     if let Some(model) = &train.model {
-        if model.kind() != wanted {
+        if !allowed.contains(&model.kind()) {
+            let list = allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ");
             issues.push(Issue::at_key(
                 &p(&["train", "model", model.kind()]),
-                format!("task `{task}` trains the `{wanted}` model, not `{}`", model.kind()),
-                Some(format!("write `model: {{ {wanted}: {{ layers: 4, hidden: 256, heads: 4 }} }}`")),
+                format!("task `{task}` trains {list}, not `{}`", model.kind()),
+                Some(format!("write `model: {{ {}: {{}} }}` (or leave `model` out for the defaults)", allowed[0])),
             ));
-        } else {
-            let s = model.sizes();
+        } else if let Some(s) = model.sizes() {
             if s.hidden % s.heads != 0 {
                 issues.push(Issue::at(
                     &p(&["train", "model", model.kind(), "heads"]),
@@ -487,6 +626,7 @@ fn train_rules(spec: &PipelineSpec, train: &TrainSpec, issues: &mut Vec<Issue>) 
                 ));
             }
         }
+        vision_model_rules(spec, model, issues);
     }
     match DeviceChoice::parse(&train.device) {
         None => issues.push(Issue::at(
@@ -507,6 +647,38 @@ fn train_rules(spec: &PipelineSpec, train: &TrainSpec, issues: &mut Vec<Issue>) 
             format!("warmup_steps {} is more than steps {}", train.schedule.warmup_steps, train.steps),
             Some("warmup is usually 1-10% of the steps".into()),
         ));
+    }
+}
+
+/// Image sizes the vision models need: patches that tile the image, widths that fit.
+fn vision_model_rules(spec: &PipelineSpec, model: &ModelSpec, issues: &mut Vec<Issue>) {
+    let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let size = match &spec.task {
+        TaskSpec::ContrastiveImage(t) => t.image.size,
+        TaskSpec::DenoiseImage(t) => t.image.size,
+        TaskSpec::Mae(t) => t.image.size,
+        _ => return,
+    };
+    let mae = matches!(spec.task, TaskSpec::Mae(_));
+    match model {
+        ModelSpec::Vit(v) if !mae && size % v.patch_size != 0 => issues.push(Issue::at(
+            &p(&["train", "model", "vit", "patch_size"]),
+            format!("patch_size {} does not divide the image size {size}", v.patch_size),
+            Some(format!("use a divisor of {size} (e.g. {})", largest_divisor(size, v.patch_size))),
+        )),
+        ModelSpec::Vit(v) if v.decoder_hidden % v.heads != 0 => issues.push(Issue::at(
+            &p(&["train", "model", "vit", "decoder_hidden"]),
+            format!("decoder_hidden {} is not a multiple of heads {}", v.decoder_hidden, v.heads),
+            None,
+        )),
+        ModelSpec::Cnn(c) if c.widths.is_empty() || c.widths.iter().any(|&w| w == 0 || w > 4096) => {
+            issues.push(Issue::at(
+                &p(&["train", "model", "cnn", "widths"]),
+                "widths must list 1 to 8 stage widths between 1 and 4096".into(),
+                Some("e.g. `widths: [32, 64, 128]`".into()),
+            ))
+        }
+        _ => {}
     }
 }
 

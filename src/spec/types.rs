@@ -70,6 +70,20 @@ pub struct SourceSpec {
     /// 64-bit hash otherwise. Without it the key is a hash of (file, row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_column: Option<String>,
+    /// Image tasks: the column holding the images, as encoded PNG / JPEG bytes (binary) or as
+    /// planar pixel arrays (lists of u8 in 0-255 or f32 in 0-1, with `image_shape`).
+    #[serde(default = "default_image_column")]
+    pub image_column: String,
+    /// `[channels, height, width]` of pixel-array images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_shape: Option<[u32; 3]>,
+    /// Image and tabular tasks: an integer column passed through as `label` (for linear probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+}
+
+fn default_image_column() -> String {
+    "image".into()
 }
 
 fn default_text_column() -> String {
@@ -156,19 +170,62 @@ pub enum TaskSpec {
     ContrastiveText(ContrastiveTextSpec),
     /// BART-style denoising: text infilling, token deletion, sentence permutation.
     Denoise(DenoiseSpec),
+    /// Augmented views of each image (SimCLR, BYOL, MoCo v2).
+    ContrastiveImage(ContrastiveImageSpec),
+    /// Masked-autoencoder images and patch masks.
+    Mae(MaeSpec),
+    /// Noisy and clean copies of each image.
+    DenoiseImage(DenoiseImageSpec),
+    /// Tabular rows with a fixed share of features corrupted from their marginals.
+    Scarf(ScarfSpec),
+    /// Tabular rows with features masked at random and replaced from their marginals.
+    Vime(VimeSpec),
 }
 
 impl TaskSpec {
-    /// The task's `seq_len` (tokens per input row).
+    /// The task's `seq_len` (tokens per input row); for image and tabular tasks, the values per
+    /// row of the widest column (pixels of one image, or features).
     pub fn seq_len(&self) -> u32 {
+        let pixels = |i: &ImageInputSpec| i.channels.saturating_mul(i.size).saturating_mul(i.size);
         match self {
             TaskSpec::Mlm(t) => t.seq_len,
             TaskSpec::Causal(t) => t.seq_len,
             TaskSpec::Span(t) => t.seq_len,
             TaskSpec::ContrastiveText(t) => t.seq_len,
             TaskSpec::Denoise(t) => t.seq_len,
+            TaskSpec::ContrastiveImage(t) => pixels(&t.image),
+            TaskSpec::Mae(t) => pixels(&t.image),
+            TaskSpec::DenoiseImage(t) => pixels(&t.image),
+            TaskSpec::Scarf(t) => t.columns.len() as u32,
+            TaskSpec::Vime(t) => t.columns.len() as u32,
         }
     }
+
+    /// What the task reads: text, images or table columns.
+    pub fn input(&self) -> TaskInput {
+        match self {
+            TaskSpec::ContrastiveImage(_) | TaskSpec::Mae(_) | TaskSpec::DenoiseImage(_) => TaskInput::Image,
+            TaskSpec::Scarf(_) | TaskSpec::Vime(_) => TaskInput::Table,
+            _ => TaskInput::Text,
+        }
+    }
+
+    /// The feature columns of a tabular task.
+    pub fn table_columns(&self) -> &[String] {
+        match self {
+            TaskSpec::Scarf(t) => &t.columns,
+            TaskSpec::Vime(t) => &t.columns,
+            _ => &[],
+        }
+    }
+}
+
+/// What a task reads from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskInput {
+    Text,
+    Image,
+    Table,
 }
 
 /// How causal rows are packed.
@@ -296,6 +353,320 @@ pub struct DenoiseSpec {
     /// Shuffle the sentences (split after `.`, `!`, `?`).
     #[serde(default)]
     pub permute_sentences: bool,
+}
+
+/// Where the image tasks' pixels come from and how they are normalised.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInputSpec {
+    /// Side of the square images the task emits (pixels).
+    #[serde(default = "default_image_size")]
+    #[schemars(range(min = 4, max = 2048))]
+    pub size: u32,
+    /// Channels: 3 (RGB) or 1 (grey); sources are converted.
+    #[serde(default = "default_channels")]
+    #[schemars(range(min = 1, max = 3))]
+    pub channels: u32,
+    /// Per-channel mean subtracted after augmentation. Default: ImageNet's for RGB, 0.5 for grey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f64>>,
+    /// Per-channel standard deviation divided by. Default: ImageNet's for RGB, 0.5 for grey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f64>>,
+}
+
+impl Default for ImageInputSpec {
+    fn default() -> Self {
+        ImageInputSpec { size: default_image_size(), channels: default_channels(), mean: None, std: None }
+    }
+}
+
+fn default_image_size() -> u32 {
+    224
+}
+fn default_channels() -> u32 {
+    3
+}
+
+/// Named augmentation recipes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentPreset {
+    /// SimCLR: crop (0.08, 1), flip, jitter 0.8/0.8/0.8/0.2 at 0.8, grayscale 0.2, blur 0.5.
+    #[default]
+    Simclr,
+    /// BYOL: asymmetric views (view a always blurred; view b blurred at 0.1, solarized at 0.2).
+    Byol,
+    /// MoCo v2: crop (0.2, 1), jitter 0.4/0.4/0.4/0.1 at 0.8, grayscale 0.2, blur 0.5, flip.
+    MocoV2,
+}
+
+/// Random resized crop bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RandomCropSpec {
+    /// Range of the crop's area as a fraction of the image.
+    #[serde(default = "default_crop_scale")]
+    pub scale: [f64; 2],
+    /// Range of the crop's aspect ratio (width / height).
+    #[serde(default = "default_crop_ratio")]
+    pub ratio: [f64; 2],
+}
+
+fn default_crop_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn default_crop_ratio() -> [f64; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
+}
+
+/// Colour jitter (torchvision `ColorJitter`), applied with probability `p`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ColorJitterSpec {
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub brightness: f64,
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub contrast: f64,
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub saturation: f64,
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub hue: f64,
+    #[serde(default = "default_jitter_p")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub p: f64,
+}
+
+fn default_jitter_p() -> f64 {
+    0.8
+}
+
+/// Gaussian blur with a random sigma, applied with probability `p`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlurSpec {
+    #[serde(default = "default_half")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub p: f64,
+    /// Range of the blur's sigma, in pixels.
+    #[serde(default = "default_blur_sigma")]
+    pub sigma: [f64; 2],
+}
+
+fn default_half() -> f64 {
+    0.5
+}
+fn default_blur_sigma() -> [f64; 2] {
+    [0.1, 2.0]
+}
+
+/// Solarize (`x ≥ threshold → 1 − x`, on `[0, 1]` pixels) with probability `p`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SolarizeSpec {
+    #[serde(default = "default_solarize_p")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub p: f64,
+    #[serde(default = "default_half")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: f64,
+}
+
+fn default_solarize_p() -> f64 {
+    0.2
+}
+
+/// Overrides of the preset's transforms; each one given replaces it in every view.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<RandomCropSpec>,
+    /// Probability of a horizontal flip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub flip: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color_jitter: Option<ColorJitterSpec>,
+    /// Probability of turning the view grey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub grayscale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blur: Option<BlurSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solarize: Option<SolarizeSpec>,
+}
+
+/// Augmented views of each image for contrastive training (SimCLR, BYOL, MoCo v2).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContrastiveImageSpec {
+    /// Output size, channels and normalisation.
+    #[serde(default)]
+    pub image: ImageInputSpec,
+    /// Views per image (columns `view_a`, `view_b`, …).
+    #[serde(default = "default_views")]
+    #[schemars(range(min = 2, max = 8))]
+    pub views: u32,
+    /// The augmentation recipe.
+    #[serde(default)]
+    pub preset: AugmentPreset,
+    /// Changes to the preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentSpec>,
+}
+
+fn default_views() -> u32 {
+    2
+}
+
+/// Masked-autoencoder inputs (He et al. 2021): augmented images and a random patch mask.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaeSpec {
+    /// Output size, channels and normalisation.
+    #[serde(default)]
+    pub image: ImageInputSpec,
+    /// Side of a square patch; divides `image.size`.
+    #[serde(default = "default_patch_size")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub patch_size: u32,
+    /// Share of the patches masked (exactly `round(mask_ratio · patches)` per image).
+    #[serde(default = "default_mae_ratio")]
+    #[schemars(range(min = 0.0, max = 0.99))]
+    pub mask_ratio: f64,
+    /// Random resized crop before masking (the MAE recipe: scale (0.2, 1)).
+    #[serde(default = "default_mae_crop")]
+    pub crop: RandomCropSpec,
+    /// Probability of a horizontal flip.
+    #[serde(default = "default_half")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub flip: f64,
+}
+
+fn default_patch_size() -> u32 {
+    16
+}
+fn default_mae_ratio() -> f64 {
+    0.75
+}
+fn default_mae_crop() -> RandomCropSpec {
+    RandomCropSpec { scale: [0.2, 1.0], ratio: default_crop_ratio() }
+}
+
+/// Random erasing (torchvision `RandomErasing`): a box of random area and ratio set to `value`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseSpec {
+    #[serde(default = "default_erase_p")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub p: f64,
+    #[serde(default = "default_erase_scale")]
+    pub scale: [f64; 2],
+    #[serde(default = "default_erase_ratio")]
+    pub ratio: [f64; 2],
+    /// Fill value on `[0, 1]` pixels.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub value: f64,
+}
+
+fn default_erase_p() -> f64 {
+    1.0
+}
+fn default_erase_scale() -> [f64; 2] {
+    [0.02, 0.33]
+}
+fn default_erase_ratio() -> [f64; 2] {
+    [0.3, 3.3]
+}
+
+/// Denoising-autoencoder pairs: a corrupted and a clean copy of each image.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenoiseImageSpec {
+    /// Output size, channels and normalisation.
+    #[serde(default)]
+    pub image: ImageInputSpec,
+    /// Standard deviation of additive gaussian noise on `[0, 1]` pixels; 0 turns it off.
+    #[serde(default = "default_noise_sigma")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub gaussian: f64,
+    /// Share of pixels set to black or white (salt and pepper); 0 turns it off.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub salt_pepper: f64,
+    /// Random erasing; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase: Option<EraseSpec>,
+}
+
+fn default_noise_sigma() -> f64 {
+    0.1
+}
+
+/// SCARF (Bahri et al. 2022): a fixed share of each row's features replaced by draws from the
+/// column's empirical marginal.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScarfSpec {
+    /// The feature columns, in order (numeric; categorical ones hold integer codes).
+    pub columns: Vec<String>,
+    /// Which of `columns` are categorical codes (nulls take the most frequent code, not the median).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<String>,
+    /// Share of each row's features corrupted: exactly `round(corruption_rate · columns)`.
+    #[serde(default = "default_corruption_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub corruption_rate: f64,
+    /// Values kept per column (a seeded reservoir sample of the stream) to draw replacements from.
+    #[serde(default = "default_reservoir")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub reservoir: u32,
+    /// Standardise every numeric feature with the reservoir's mean and standard deviation
+    /// (categorical codes stay as they are).
+    #[serde(default)]
+    pub standardize: bool,
+}
+
+fn default_corruption_rate() -> f64 {
+    0.6
+}
+fn default_reservoir() -> u32 {
+    4096
+}
+
+/// VIME (Yoon et al. 2020): each feature independently replaced, with probability `mask_prob`,
+/// by a draw from the column's empirical marginal; the mask is the mask-estimation target.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VimeSpec {
+    /// The feature columns, in order (numeric; categorical ones hold integer codes).
+    pub columns: Vec<String>,
+    /// Which of `columns` are categorical codes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<String>,
+    /// Probability that a feature is replaced.
+    #[serde(default = "default_vime_p")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub mask_prob: f64,
+    /// Values kept per column to draw replacements from.
+    #[serde(default = "default_reservoir")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub reservoir: u32,
+    /// Standardise every numeric feature with the reservoir's mean and standard deviation
+    /// (categorical codes stay as they are).
+    #[serde(default)]
+    pub standardize: bool,
+}
+
+fn default_vime_p() -> f64 {
+    0.3
 }
 
 fn default_mask_ratio() -> f64 {
@@ -571,10 +942,21 @@ pub struct TrainSpec {
     #[serde(default = "default_log_every")]
     #[schemars(range(min = 1))]
     pub log_every: u64,
-    /// Temperature of the contrastive (InfoNCE) loss; SimCSE uses 0.05.
-    #[serde(default = "default_temperature")]
+    /// Temperature of the contrastive loss (InfoNCE / NT-Xent). Default: 0.05 for
+    /// `contrastive_text` (SimCSE), 0.5 for `contrastive_image` (SimCLR), 1.0 for `scarf` (SCARF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0001, max = 100.0))]
-    pub temperature: f64,
+    pub temperature: Option<f64>,
+    /// MAE: reconstruct each patch normalised by its own mean and variance (the paper's better
+    /// setting; the reference code's default is off).
+    #[serde(default)]
+    pub norm_pix_loss: bool,
+    /// Collapse monitor: warn when the per-dimension standard deviation of the l2-normalised
+    /// embeddings, times √dim (≈ 1 when healthy, 0 when every input maps to one point), falls
+    /// below this. Checked at every eval (every `log_every` steps without eval).
+    #[serde(default = "default_collapse_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub collapse_threshold: f64,
     /// Run directory, checkpoint interval and how many checkpoints to keep.
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
@@ -601,8 +983,8 @@ fn default_prefetch() -> u32 {
 fn default_log_every() -> u64 {
     10
 }
-fn default_temperature() -> f64 {
-    0.05
+fn default_collapse_threshold() -> f64 {
+    0.1
 }
 
 /// Floating-point type of the model.
@@ -624,6 +1006,139 @@ pub enum ModelSpec {
     Decoder(BlockSizes),
     /// T5-style encoder-decoder with relative position buckets.
     Seq2seq(BlockSizes),
+    /// Vision transformer (patch embedding by reshape + matmul, pre-LN blocks, mean pooling),
+    /// with an MAE decoder for `mae` and a pixel head for `denoise_image`.
+    Vit(VitSpec),
+    /// Small ResNet-style CNN (3×3 convolutions, batch-free: group norm) for image tasks.
+    Cnn(CnnSpec),
+    /// MLP encoder for tabular tasks (SCARF / VIME).
+    Mlp(MlpSpec),
+}
+
+/// Vision transformer sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VitSpec {
+    /// Side of a square patch; divides the image size. `mae` uses the task's `patch_size`.
+    #[serde(default = "default_vit_patch")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub patch_size: u32,
+    #[serde(default = "default_layers")]
+    #[schemars(range(min = 1, max = 256))]
+    pub layers: u32,
+    /// Hidden size; a multiple of `heads`.
+    #[serde(default = "default_vit_hidden")]
+    #[schemars(range(min = 8, max = 65536))]
+    pub hidden: u32,
+    #[serde(default = "default_vit_heads")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub heads: u32,
+    /// MAE decoder blocks (`mae` only).
+    #[serde(default = "default_decoder_layers")]
+    #[schemars(range(min = 1, max = 64))]
+    pub decoder_layers: u32,
+    /// MAE decoder hidden size (`mae` only); a multiple of `heads`.
+    #[serde(default = "default_decoder_hidden")]
+    #[schemars(range(min = 8, max = 65536))]
+    pub decoder_hidden: u32,
+    /// Output size of the projection head (contrastive tasks).
+    #[serde(default = "default_projection")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub projection: u32,
+}
+
+impl Default for VitSpec {
+    fn default() -> Self {
+        VitSpec {
+            patch_size: default_vit_patch(),
+            layers: default_layers(),
+            hidden: default_vit_hidden(),
+            heads: default_vit_heads(),
+            decoder_layers: default_decoder_layers(),
+            decoder_hidden: default_decoder_hidden(),
+            projection: default_projection(),
+        }
+    }
+}
+
+fn default_vit_patch() -> u32 {
+    8
+}
+fn default_vit_hidden() -> u32 {
+    192
+}
+fn default_vit_heads() -> u32 {
+    3
+}
+fn default_decoder_layers() -> u32 {
+    2
+}
+fn default_decoder_hidden() -> u32 {
+    96
+}
+fn default_projection() -> u32 {
+    128
+}
+
+/// CNN sizes: one stage per entry of `widths`, each a stride-2 3×3 convolution and a residual
+/// block, then global average pooling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CnnSpec {
+    #[serde(default = "default_cnn_widths")]
+    pub widths: Vec<u32>,
+    /// Output size of the projection head (contrastive tasks).
+    #[serde(default = "default_projection")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub projection: u32,
+}
+
+impl Default for CnnSpec {
+    fn default() -> Self {
+        CnnSpec { widths: default_cnn_widths(), projection: default_projection() }
+    }
+}
+
+fn default_cnn_widths() -> Vec<u32> {
+    vec![32, 64, 128]
+}
+
+/// MLP encoder sizes (SCARF: 4 layers of 256 with ReLU; a 2-layer projection head).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    #[serde(default = "default_mlp_layers")]
+    #[schemars(range(min = 1, max = 64))]
+    pub layers: u32,
+    #[serde(default = "default_mlp_hidden")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub hidden: u32,
+    /// Output size of the projection head (`scarf`).
+    #[serde(default = "default_mlp_hidden")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub projection: u32,
+    /// Dropout after each hidden layer.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 0.9))]
+    pub dropout: f64,
+}
+
+impl Default for MlpSpec {
+    fn default() -> Self {
+        MlpSpec {
+            layers: default_mlp_layers(),
+            hidden: default_mlp_hidden(),
+            projection: default_mlp_hidden(),
+            dropout: 0.0,
+        }
+    }
+}
+
+fn default_mlp_layers() -> u32 {
+    4
+}
+fn default_mlp_hidden() -> u32 {
+    256
 }
 
 /// Transformer sizes.

@@ -188,6 +188,41 @@ fn adapt(
     Box::pin(RecordBatchStreamAdapter::new(schema, s))
 }
 
+/// Image and table rows → examples: the task's observer (if any) sees every batch in scan order,
+/// then `apply` runs on the blocking pool, `workers` batches at a time, in order.
+fn record_examples(
+    rows: BatchStream,
+    task: Arc<dyn crate::task::Task>,
+    cx: TaskContext,
+    workers: usize,
+) -> BatchStream {
+    let schema = task.output_schema();
+    let keys_of = |b: &RecordBatch| b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+    let Some(mut observer) = task.observer(&cx) else {
+        return ordered_map(rows, schema, workers, move |b| task.apply(&b, &keys_of(&b), &cx));
+    };
+    let out = rows
+        .map(move |item| -> datafusion::error::Result<_> {
+            let batch = item?;
+            let seen = observer.observe(&batch).map_err(DataFusionError::from)?;
+            Ok((batch, seen))
+        })
+        .map(move |item| {
+            let task = task.clone();
+            async move {
+                let (batch, seen) = item?;
+                let job =
+                    SpawnedTask::spawn_blocking(move || task.apply_observed(&batch, &keys_of(&batch), &cx, &seen));
+                match job.join().await {
+                    Ok(r) => r.map_err(DataFusionError::from),
+                    Err(e) => Err(DataFusionError::from(Error::internal(format!("a worker thread failed: {e}")))),
+                }
+            }
+        })
+        .buffered(workers.max(1));
+    adapt(schema, out)
+}
+
 impl Plan {
     /// Examples of one epoch, before shuffling and batching.
     pub fn epoch_examples(self: &Arc<Self>, epoch: u32) -> BatchStream {
@@ -206,6 +241,10 @@ impl Plan {
             return self.source.scan_examples(self.shard, opts, self.task.output_schema());
         }
         let docs = self.source.scan(self.shard, opts);
+        let cx = TaskContext { seed: self.seed, epoch };
+        if self.source.input != crate::spec::TaskInput::Text {
+            return record_examples(docs, self.task.clone(), cx, self.workers);
+        }
         let tok = self.tokenizer.clone();
         let max_len = if self.packing == Packing::PerDocument { Some(self.row_len) } else { None };
         let (words, framing) = (self.whole_word, self.framing);
@@ -221,7 +260,6 @@ impl Plan {
             |mut p| async move { Ok(p.finish()?.into_iter().collect()) },
         );
         let task = self.task.clone();
-        let cx = TaskContext { seed: self.seed, epoch };
         ordered_map(rows, self.task.output_schema(), self.workers, move |b| {
             let keys = b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
             task.apply(&b, &keys, &cx)

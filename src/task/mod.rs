@@ -7,6 +7,8 @@ pub mod contrastive;
 pub mod denoise;
 pub mod mlm;
 pub mod span;
+pub mod tabular;
+pub mod vision;
 
 use std::sync::Arc;
 
@@ -42,6 +44,30 @@ pub trait Task: Send + Sync {
     /// Turns token rows (see [`crate::stream::rows_schema`]) into examples. `keys` are the rows'
     /// `example_key`s, the only input to their randomness besides `cx`.
     fn apply(&self, batch: &RecordBatch, keys: &[u64], cx: &TaskContext) -> Result<RecordBatch>;
+    /// A sequential stage that sees every input batch of an epoch in scan order before `apply`
+    /// (SCARF's per-column marginals). Default: none.
+    fn observer(&self, _cx: &TaskContext) -> Option<Box<dyn Observer>> {
+        None
+    }
+    /// `apply` with what the observer returned for this batch.
+    fn apply_observed(
+        &self,
+        batch: &RecordBatch,
+        keys: &[u64],
+        cx: &TaskContext,
+        _seen: &Observed,
+    ) -> Result<RecordBatch> {
+        self.apply(batch, keys, cx)
+    }
+}
+
+/// What an [`Observer`] hands to [`Task::apply_observed`] for one batch.
+pub type Observed = Arc<dyn std::any::Any + Send + Sync>;
+
+/// State a task builds up over the stream, in scan order.
+pub trait Observer: Send {
+    /// Sees the next input batch and returns the state its examples are made with.
+    fn observe(&mut self, batch: &RecordBatch) -> Result<Observed>;
 }
 
 /// A non-null `FixedSizeList<Int32>` column of `width` from contiguous values (no per-element work).

@@ -17,6 +17,24 @@ pub enum TaskKind {
     Causal,
     /// `span` (has `decoder_input_ids`) and `denoise` (decoder inputs are the labels shifted right).
     Seq2seq,
+    /// `contrastive_image`: views of each image (`c` channels, `s × s` pixels).
+    ImageViews {
+        c: usize,
+        s: usize,
+    },
+    /// `mae`: images and patch masks.
+    Mae {
+        c: usize,
+        s: usize,
+    },
+    /// `denoise_image`: noisy and clean images.
+    DenoiseImage {
+        c: usize,
+        s: usize,
+    },
+    /// `scarf` (InfoNCE between a row and its corruption) and `vime` (mask and value heads).
+    Scarf,
+    Vime,
 }
 
 impl TaskKind {
@@ -27,6 +45,11 @@ impl TaskKind {
             T::ContrastiveText(_) => TaskKind::Contrastive,
             T::Causal(_) => TaskKind::Causal,
             T::Span(_) | T::Denoise(_) => TaskKind::Seq2seq,
+            T::ContrastiveImage(t) => TaskKind::ImageViews { c: t.image.channels as usize, s: t.image.size as usize },
+            T::Mae(t) => TaskKind::Mae { c: t.image.channels as usize, s: t.image.size as usize },
+            T::DenoiseImage(t) => TaskKind::DenoiseImage { c: t.image.channels as usize, s: t.image.size as usize },
+            T::Scarf(_) => TaskKind::Scarf,
+            T::Vime(_) => TaskKind::Vime,
         }
     }
 }
@@ -42,10 +65,54 @@ pub struct View {
 /// The model inputs of one batch. `select` holds flat indices into `B × T` of the positions with a
 /// loss and `targets` the ids to predict there.
 pub enum Inputs {
-    Mlm { view: View, select: Tensor, targets: Tensor },
-    Contrastive { a: View, b: View },
-    Causal { ids: Tensor, positions: Tensor, bias: Tensor, select: Tensor, targets: Tensor },
-    Seq2seq { src: View, dec_ids: Tensor, dec_bias: Tensor, select: Tensor, targets: Tensor },
+    Mlm {
+        view: View,
+        select: Tensor,
+        targets: Tensor,
+    },
+    Contrastive {
+        a: View,
+        b: View,
+    },
+    Causal {
+        ids: Tensor,
+        positions: Tensor,
+        bias: Tensor,
+        select: Tensor,
+        targets: Tensor,
+    },
+    Seq2seq {
+        src: View,
+        dec_ids: Tensor,
+        dec_bias: Tensor,
+        select: Tensor,
+        targets: Tensor,
+    },
+    /// Views of each image, each `(B, C, H, W)`.
+    Images {
+        views: Vec<Tensor>,
+    },
+    /// MAE: images `(B, C, H, W)`; flat indices into the `B × patches` patch rows of the kept
+    /// patches (`B × keep`, each row's in rank order), of the masked ones (`B × masked`), and, for
+    /// the decoder, of each patch in the kept-then-masked sequence (`B × patches`).
+    Mae {
+        pixels: Tensor,
+        keep: Tensor,
+        masked: Tensor,
+        restore: Tensor,
+        patches: usize,
+    },
+    /// Denoising: `(B, C, H, W)` each.
+    Denoise {
+        noisy: Tensor,
+        clean: Tensor,
+    },
+    /// Tabular rows `(B, F)`: the clean features, the corrupted ones and the corruption mask (0/1).
+    Table {
+        clean: Tensor,
+        corrupted: Tensor,
+        mask: Tensor,
+    },
 }
 
 /// A training batch: model inputs and what to count.
@@ -75,6 +142,19 @@ fn list_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<(&'a [i32], usi
         .ok_or_else(|| Error::data(format!("column `{name}` holds {}, not int32", list.values().data_type())))?;
     let start = list.offset() * width;
     let values = &values.values()[start..start + list.len() * width];
+    Ok((values, width))
+}
+
+fn f32_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<(&'a [f32], usize)> {
+    if batch.column_by_name(name).is_none() {
+        return Err(Error::data_hint(
+            format!("the training batch has no `{name}` column"),
+            "train from the pipeline's own task, or from an export made with the same task",
+        ));
+    }
+    let values = crate::task::vision::f32_values(batch, name)
+        .map_err(|_| Error::data(format!("column `{name}` is not a fixed-size list of float32")))?;
+    let width = if batch.num_rows() == 0 { 0 } else { values.len() / batch.num_rows() };
     Ok((values, width))
 }
 
@@ -148,7 +228,101 @@ pub fn to_inputs(
 ) -> Result<TrainBatch> {
     let cx = Ctx { vocab, device, dtype };
     let rows = batch.num_rows();
+    let image = |name: &str, c: usize, s: usize| -> Result<Tensor> {
+        let (values, w) = f32_column(batch, name)?;
+        if w != c * s * s {
+            return Err(Error::data_hint(
+                format!("column `{name}` holds {w} values per row; the task's images need {c}×{s}×{s} = {}", c * s * s),
+                "train from the pipeline that made the examples (same `image` settings)",
+            ));
+        }
+        floats(values.to_vec(), (rows, c, s, s), device, dtype)
+    };
     match kind {
+        TaskKind::ImageViews { c, s } => {
+            let names: Vec<String> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().to_string())
+                .filter(|n| n.starts_with("view_"))
+                .collect();
+            if names.len() < 2 {
+                return Err(Error::data("a contrastive_image batch needs at least two `view_*` columns"));
+            }
+            let views = names.iter().map(|n| image(n, c, s)).collect::<Result<Vec<_>>>()?;
+            Ok(TrainBatch { rows, tokens: rows * views.len(), loss_tokens: rows, inputs: Inputs::Images { views } })
+        }
+        TaskKind::Mae { c, s } => {
+            let pixels = image("pixel_values", c, s)?;
+            let (restore_ids, n) = list_column(batch, "ids_restore")?;
+            let mask = crate::task::vision::bool_values(batch, "mask")?;
+            let masked_n = mask.iter().take(n).filter(|&&m| m).count();
+            let keep_n = n - masked_n;
+            let (mut keep, mut masked, mut restore) =
+                (Vec::with_capacity(rows * keep_n), Vec::with_capacity(rows * masked_n), Vec::with_capacity(rows * n));
+            let mut by_rank = vec![0u32; n];
+            for r in 0..rows {
+                let ids = &restore_ids[r * n..(r + 1) * n];
+                let m = &mask[r * n..(r + 1) * n];
+                if m.iter().filter(|&&x| x).count() != masked_n {
+                    return Err(Error::data("every row of an MAE batch must mask the same number of patches"));
+                }
+                for (p, &rank) in ids.iter().enumerate() {
+                    let rank = usize::try_from(rank)
+                        .ok()
+                        .filter(|&k| k < n)
+                        .ok_or_else(|| Error::data(format!("`ids_restore` holds {rank}, outside 0..{n}")))?;
+                    if m[p] != (rank >= keep_n) {
+                        return Err(Error::data(
+                            "`mask` and `ids_restore` disagree: masked patches are the ones ranked last",
+                        ));
+                    }
+                    by_rank[rank] = p as u32;
+                    restore.push((r * n + rank) as u32);
+                }
+                keep.extend(by_rank[..keep_n].iter().map(|&p| (r * n) as u32 + p));
+                masked.extend((0..n).filter(|&p| m[p]).map(|p| (r * n + p) as u32));
+            }
+            let t = |v: Vec<u32>| {
+                let len = v.len();
+                Tensor::from_vec(v, len, device).map_err(ce)
+            };
+            Ok(TrainBatch {
+                rows,
+                tokens: rows,
+                loss_tokens: rows,
+                inputs: Inputs::Mae { pixels, keep: t(keep)?, masked: t(masked)?, restore: t(restore)?, patches: n },
+            })
+        }
+        TaskKind::DenoiseImage { c, s } => Ok(TrainBatch {
+            rows,
+            tokens: rows,
+            loss_tokens: rows,
+            inputs: Inputs::Denoise { noisy: image("noisy", c, s)?, clean: image("clean", c, s)? },
+        }),
+        TaskKind::Scarf | TaskKind::Vime => {
+            let (clean, f) = f32_column(batch, "features")?;
+            let (corrupted, _) = f32_column(batch, "corrupted")?;
+            let mask: Vec<f32> =
+                crate::task::vision::bool_values(batch, "corruption_mask")?.iter().map(|&m| m as u8 as f32).collect();
+            if clean.iter().chain(corrupted).any(|v| !v.is_finite()) {
+                return Err(Error::data_hint(
+                    "a feature value is not finite (NaN or infinite)",
+                    "filter or fix those rows in `source.sql`",
+                ));
+            }
+            Ok(TrainBatch {
+                rows,
+                tokens: rows,
+                loss_tokens: rows,
+                inputs: Inputs::Table {
+                    clean: floats(clean.to_vec(), (rows, f), device, dtype)?,
+                    corrupted: floats(corrupted.to_vec(), (rows, f), device, dtype)?,
+                    mask: floats(mask, (rows, f), device, dtype)?,
+                },
+            })
+        }
         TaskKind::Mlm => {
             let (ids, w) = list_column(batch, "input_ids")?;
             let (mask, _) = list_column(batch, "attention_mask")?;

@@ -26,9 +26,16 @@ pub struct Record {
     pub tokens_seen: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Collapse monitor (see [`crate::train::collapse`]): std of the l2-normalised embeddings × √dim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_std: Option<f64>,
+    /// Collapse monitor: effective rank of the embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_rank: Option<f64>,
 }
 
-const COLUMNS: &str = "step,epoch,loss,lr,grad_norm,tokens_per_s,data_wait_s,compute_s,tokens_seen,eval_loss";
+const COLUMNS: &str =
+    "step,epoch,loss,lr,grad_norm,tokens_per_s,data_wait_s,compute_s,tokens_seen,eval_loss,embedding_std,effective_rank";
 
 pub struct Metrics {
     jsonl: std::fs::File,
@@ -66,10 +73,11 @@ impl Metrics {
     pub fn write(&mut self, r: &Record) -> Result<()> {
         let line = serde_json::to_string(r).map_err(|e| Error::internal(format!("metrics: {e}")))?;
         writeln!(self.jsonl, "{line}").map_err(|e| Error::io(&self.dir.join("metrics.jsonl"), "write", e))?;
-        let eval = r.eval_loss.map(|v| v.to_string()).unwrap_or_default();
+        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let (eval, std, rank) = (opt(r.eval_loss), opt(r.embedding_std), opt(r.effective_rank));
         writeln!(
             self.csv,
-            "{},{},{},{},{},{},{},{},{},{eval}",
+            "{},{},{},{},{},{},{},{},{},{eval},{std},{rank}",
             r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.data_wait_s, r.compute_s, r.tokens_seen
         )
         .map_err(|e| Error::io(&self.dir.join("metrics.csv"), "write", e))

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod collapse;
 pub mod metrics;
 pub mod models;
 pub mod nn;
@@ -28,7 +29,7 @@ use crate::source::Split;
 use crate::spec::{default_model, DTypeSpec, DeviceChoice, TrainSpec};
 use batch::{to_inputs, TaskKind, TrainBatch};
 use checkpoint::{Cursor, State};
-use models::Model;
+use models::{Model, Objective};
 use nn::{ce, Fwd};
 use optim::AdamW;
 
@@ -123,8 +124,19 @@ pub struct Trainer {
     pub pad_id: u32,
     pub vocab: u32,
     seed: u64,
+    /// The contrastive temperature: `train.temperature`, else the task's recipe.
+    pub temperature: f64,
     /// Optimizer steps done.
     pub step: u64,
+}
+
+/// The default contrastive temperature of a task's recipe.
+pub fn default_temperature(task: &crate::spec::TaskSpec) -> f64 {
+    match task {
+        crate::spec::TaskSpec::ContrastiveImage(_) => 0.5,
+        crate::spec::TaskSpec::Scarf(_) => 1.0,
+        _ => 0.05,
+    }
 }
 
 /// The result of one optimizer step.
@@ -157,8 +169,14 @@ impl Trainer {
                 ))
             }
         };
-        let vocab = plan.tokenizer.vocab_size as usize;
-        let model = Model::new(&spec, kind, vocab, plan.seq_len.max(1), plan.seed, device, dtype)?;
+        let task = &plan.pipeline.spec.task;
+        // The models of image and table tasks take their sizes from the task.
+        let (vocab, max_len) = match task {
+            crate::spec::TaskSpec::Scarf(_) | crate::spec::TaskSpec::Vime(_) => (task.table_columns().len(), 1),
+            crate::spec::TaskSpec::Mae(t) => (0, t.patch_size as usize),
+            _ => (plan.tokenizer.vocab_size as usize, plan.seq_len.max(1)),
+        };
+        let model = Model::new(&spec, kind, vocab, max_len, plan.seed, device, dtype)?;
         let crate::spec::OptimizerSpec::Adamw(a) = &cfg.optimizer;
         let opt = AdamW::new(a, &model.params)?;
         Ok(Trainer {
@@ -171,8 +189,14 @@ impl Trainer {
             pad_id: plan.pad_id,
             vocab: vocab as u32,
             seed: plan.seed,
+            temperature: cfg.temperature.unwrap_or_else(|| default_temperature(task)),
             step: 0,
         })
+    }
+
+    /// The loss settings of this run.
+    pub fn objective(&self) -> Objective {
+        Objective { temperature: self.temperature, norm_pix_loss: self.cfg.norm_pix_loss }
     }
 
     /// Converts an Arrow batch of the task's examples into model inputs.
@@ -191,7 +215,7 @@ impl Trainer {
                 self.seed,
             );
             let fwd = Fwd::train(self.model.dropout, seed);
-            let loss = self.model.loss(&b.inputs, &fwd, self.cfg.temperature)?;
+            let loss = self.model.loss(&b.inputs, &fwd, self.objective())?;
             let value = loss.to_dtype(DType::F32).and_then(|l| l.to_scalar::<f32>()).map_err(ce)? as f64;
             if !value.is_finite() {
                 return Err(Error::data_hint(
@@ -227,6 +251,25 @@ impl Trainer {
         Ok(StepOutcome { loss: loss_sum / n, grad_norm, lr })
     }
 
+    /// Collapse statistics of the embeddings of `batches` (at most 512 rows); `None` for tasks
+    /// without embeddings.
+    pub fn collapse(&self, batches: &[TrainBatch]) -> Result<Option<collapse::Collapse>> {
+        let (mut values, mut rows, mut dim) = (Vec::new(), 0usize, 0usize);
+        for b in batches {
+            if rows >= 512 {
+                break;
+            }
+            let Some(e) = self.model.embeddings(&b.inputs)? else { return Ok(None) };
+            let (r, d) = e.dims2().map_err(ce)?;
+            let e =
+                e.to_dtype(DType::F32).and_then(|e| e.flatten_all()).and_then(|e| e.to_vec1::<f32>()).map_err(ce)?;
+            values.extend(e);
+            rows += r;
+            dim = d;
+        }
+        Ok((rows > 0).then(|| collapse::measure(&values, rows, dim)))
+    }
+
     /// Mean loss over `batches` without dropout, weighted by their loss positions.
     pub fn eval_loss(&self, batches: &[TrainBatch]) -> Result<Option<f64>> {
         let fwd = Fwd::eval();
@@ -235,7 +278,7 @@ impl Trainer {
             if b.loss_tokens == 0 {
                 continue;
             }
-            let loss = self.model.loss(&b.inputs, &fwd, self.cfg.temperature)?;
+            let loss = self.model.loss(&b.inputs, &fwd, self.objective())?;
             let loss = loss.to_dtype(DType::F32).and_then(|l| l.to_scalar::<f32>()).map_err(ce)? as f64;
             sum += loss * b.loss_tokens as f64;
             count += b.loss_tokens;
@@ -453,8 +496,32 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
             if eval_loss.is_some() {
                 state.last_eval_loss = eval_loss;
             }
-            if step % cfg.log_every == 0 || step == cfg.steps || eval_loss.is_some() {
-                let r = window.record(step, state.cursor.epoch, out, state.tokens_seen, eval_loss);
+            let log_due = step % cfg.log_every == 0 || step == cfg.steps || eval_loss.is_some();
+            // The collapse monitor: on the eval batches when they are due, else on this step's.
+            let monitored = if eval_due && !eval_batches.is_empty() {
+                Some(&eval_batches[..])
+            } else if log_due && eval_batches.is_empty() {
+                Some(&micro[..])
+            } else {
+                None
+            };
+            let collapse = match monitored {
+                Some(batches) => trainer.collapse(batches)?,
+                None => None,
+            };
+            if let Some(c) = collapse {
+                if c.embedding_std < cfg.collapse_threshold {
+                    let msg = format!(
+                        "warning: step {step}: the embeddings are collapsing: std × √dim {:.4} (healthy ≈ 1; threshold {}), effective rank {:.2} of {}",
+                        c.embedding_std, cfg.collapse_threshold, c.effective_rank, c.dim
+                    );
+                    bar.suspend(|| eprintln!("{msg}\n  hint: lower the learning rate, raise the temperature, or use stronger augmentations"));
+                }
+            }
+            if log_due || collapse.is_some() {
+                let mut r = window.record(step, state.cursor.epoch, out, state.tokens_seen, eval_loss);
+                r.embedding_std = collapse.map(|c| c.embedding_std);
+                r.effective_rank = collapse.map(|c| c.effective_rank);
                 metrics.write(&r)?;
                 metrics.flush()?;
                 let msg = format!(
@@ -537,6 +604,8 @@ impl Window {
             compute_s: (self.wall_s - self.wait_s).max(0.0),
             tokens_seen,
             eval_loss,
+            embedding_std: None,
+            effective_rank: None,
         }
     }
 }

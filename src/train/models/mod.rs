@@ -3,6 +3,8 @@
 pub mod decoder;
 pub mod encoder;
 pub mod seq2seq;
+pub mod tabular;
+pub mod vision;
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -14,6 +16,23 @@ use crate::train::nn::{ce, Fwd, Params};
 pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub use seq2seq::Seq2seq;
+pub use tabular::Mlp;
+pub use vision::{Vit, VitHead};
+
+/// Loss settings that come from `train:`.
+#[derive(Debug, Clone, Copy)]
+pub struct Objective {
+    /// InfoNCE / NT-Xent temperature.
+    pub temperature: f64,
+    /// MAE: normalise each target patch by its own mean and variance.
+    pub norm_pix_loss: bool,
+}
+
+impl Objective {
+    pub fn contrastive(temperature: f64) -> Objective {
+        Objective { temperature, norm_pix_loss: false }
+    }
+}
 
 /// A model with its parameters.
 pub struct Model {
@@ -27,6 +46,8 @@ pub enum Net {
     Encoder(Encoder),
     Decoder(Decoder),
     Seq2seq(Seq2seq),
+    Vit(Vit),
+    Mlp(Mlp),
 }
 
 impl Model {
@@ -41,18 +62,62 @@ impl Model {
         dtype: DType,
     ) -> Result<Model> {
         let mut params = Params::new(seed, device, dtype);
-        let sizes = spec.sizes();
+        let sizes = spec.sizes().unwrap_or_default();
         let net = match (spec, kind) {
             (ModelSpec::Encoder(e), TaskKind::Mlm | TaskKind::Contrastive) => {
                 Net::Encoder(Encoder::new(&mut params, &sizes, e.pooling, vocab, max_len)?)
             }
             (ModelSpec::Decoder(s), TaskKind::Causal) => Net::Decoder(Decoder::new(&mut params, s, vocab, max_len)?),
             (ModelSpec::Seq2seq(s), TaskKind::Seq2seq) => Net::Seq2seq(Seq2seq::new(&mut params, s, vocab)?),
+            (ModelSpec::Vit(v), TaskKind::ImageViews { c, s }) => {
+                Net::Vit(Vit::new(&mut params, v, c, s, v.patch_size as usize, VitHead::Projection)?)
+            }
+            (ModelSpec::Vit(v), TaskKind::Mae { c, s }) => {
+                // MAE's patches are the task's; `max_len` carries the patch size.
+                Net::Vit(Vit::new(&mut params, v, c, s, max_len, VitHead::Mae)?)
+            }
+            (ModelSpec::Vit(v), TaskKind::DenoiseImage { c, s }) => {
+                Net::Vit(Vit::new(&mut params, v, c, s, v.patch_size as usize, VitHead::Pixels)?)
+            }
+            (ModelSpec::Mlp(m), TaskKind::Scarf) => Net::Mlp(Mlp::new(&mut params, m, vocab, false)?),
+            (ModelSpec::Mlp(m), TaskKind::Vime) => Net::Mlp(Mlp::new(&mut params, m, vocab, true)?),
             (spec, kind) => {
                 return Err(Error::internal(format!("a `{}` model cannot train {kind:?} batches", spec.kind())));
             }
         };
-        Ok(Model { params, net, dropout: sizes.dropout, kind })
+        let dropout = match spec {
+            ModelSpec::Mlp(m) => m.dropout,
+            _ => sizes.dropout,
+        };
+        Ok(Model { params, net, dropout, kind })
+    }
+
+    /// Embeddings of one batch for the collapse monitor (`None` for tasks without one): the
+    /// projection head's output for contrastive tasks, the pooled encoder output otherwise.
+    pub fn embeddings(&self, inputs: &Inputs) -> Result<Option<Tensor>> {
+        let fwd = Fwd::eval();
+        Ok(match (&self.net, inputs) {
+            (Net::Encoder(m), Inputs::Contrastive { a, .. }) => Some(m.embed_rows(a, &fwd)?),
+            (Net::Vit(m), Inputs::Images { views }) => Some(m.project(&views[0], &fwd)?),
+            (Net::Vit(m), Inputs::Mae { pixels, .. }) => Some(m.pooled(pixels, &fwd)?),
+            (Net::Vit(m), Inputs::Denoise { clean, .. }) => Some(m.pooled(clean, &fwd)?),
+            (Net::Mlp(m), Inputs::Table { clean, .. }) => Some(m.project(clean, &fwd)?),
+            _ => None,
+        })
+    }
+
+    /// The frozen encoder's representation of one batch, for linear probes: the pooled image
+    /// embedding (first view) or the row embedding, before any projection head.
+    pub fn features(&self, inputs: &Inputs) -> Result<Option<Tensor>> {
+        let fwd = Fwd::eval();
+        Ok(match (&self.net, inputs) {
+            (Net::Vit(m), Inputs::Images { views }) => Some(m.pooled(&views[0], &fwd)?),
+            (Net::Vit(m), Inputs::Mae { pixels, .. }) => Some(m.pooled(pixels, &fwd)?),
+            (Net::Vit(m), Inputs::Denoise { clean, .. }) => Some(m.pooled(clean, &fwd)?),
+            (Net::Mlp(m), Inputs::Table { clean, .. }) => Some(m.encode(clean, &fwd)?),
+            (Net::Encoder(m), Inputs::Contrastive { a, .. }) => Some(m.embed_rows(a, &fwd)?),
+            _ => None,
+        })
     }
 
     /// Parameter-name prefixes the task leaves unused (they receive no gradient by design).
@@ -64,8 +129,35 @@ impl Model {
     }
 
     /// The mean loss of a batch (a scalar tensor).
-    pub fn loss(&self, inputs: &Inputs, fwd: &Fwd, temperature: f64) -> Result<Tensor> {
+    pub fn loss(&self, inputs: &Inputs, fwd: &Fwd, objective: Objective) -> Result<Tensor> {
+        let temperature = objective.temperature;
         match (&self.net, inputs) {
+            (Net::Vit(m), Inputs::Images { views }) => {
+                let z = views.iter().map(|v| m.project(v, fwd)).collect::<Result<Vec<_>>>()?;
+                // All pairs of views (two views: SimCLR's NT-Xent).
+                let mut total: Option<Tensor> = None;
+                let mut pairs = 0;
+                for i in 0..z.len() {
+                    for j in i + 1..z.len() {
+                        let l = nt_xent(&z[i], &z[j], temperature)?;
+                        total = Some(match total {
+                            None => l,
+                            Some(t) => (t + l).map_err(ce)?,
+                        });
+                        pairs += 1;
+                    }
+                }
+                let total = total.ok_or_else(|| Error::internal("fewer than two views"))?;
+                (total / pairs as f64).map_err(ce)
+            }
+            (Net::Vit(m), Inputs::Mae { pixels, keep, masked, restore, .. }) => {
+                m.mae_loss(pixels, keep, masked, restore, objective.norm_pix_loss, fwd)
+            }
+            (Net::Vit(m), Inputs::Denoise { noisy, clean }) => m.denoise_loss(noisy, clean, fwd),
+            (Net::Mlp(m), Inputs::Table { clean, corrupted, mask }) => match self.kind {
+                TaskKind::Vime => m.vime_loss(corrupted, clean, mask, fwd),
+                _ => info_nce(&m.project(clean, fwd)?, &m.project(corrupted, fwd)?, temperature),
+            },
             (Net::Encoder(m), Inputs::Mlm { view, select, targets }) => {
                 let h = m.hidden(view, fwd)?;
                 masked_cross_entropy(&m.mlm_logits(&h, select)?, targets)
@@ -98,6 +190,29 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     }
     let logits = logits.to_dtype(DType::F32).map_err(ce)?;
     candle_nn::loss::cross_entropy(&logits, targets).map_err(ce)
+}
+
+/// NT-Xent (SimCLR): the 2N embeddings of both views, each of which must pick its partner among
+/// the other 2N − 1 by cosine similarity divided by `temperature`; the mean over all 2N.
+pub fn nt_xent(a: &Tensor, b: &Tensor, temperature: f64) -> Result<Tensor> {
+    let f = || -> candle_core::Result<Tensor> {
+        let z = Tensor::cat(&[&a.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?], 0)?;
+        let n2 = z.dim(0)?;
+        let n = n2 / 2;
+        let norm = z.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-8, f64::MAX)?;
+        let z = z.broadcast_div(&norm)?;
+        let sim = (z.matmul(&z.t()?)? / temperature)?;
+        // A row never picks itself.
+        let mut diag = vec![0f32; n2 * n2];
+        for i in 0..n2 {
+            diag[i * n2 + i] = crate::train::nn::MASKED;
+        }
+        let sim = (sim + Tensor::from_vec(diag, (n2, n2), z.device())?)?;
+        let targets: Vec<u32> = (0..n2).map(|i| ((i + n) % n2) as u32).collect();
+        let targets = Tensor::from_vec(targets, n2, z.device())?;
+        candle_nn::loss::cross_entropy(&sim, &targets)
+    };
+    f().map_err(ce)
 }
 
 /// InfoNCE with in-batch negatives (SimCSE): row `i` of `a` must pick row `i` of `b` among all
