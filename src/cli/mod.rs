@@ -3,6 +3,7 @@
 mod export;
 mod plot;
 mod preview;
+mod probe;
 mod schema;
 mod train;
 mod validate;
@@ -79,6 +80,20 @@ pub enum Command {
         /// The run directory (`runs/<name>`).
         run_dir: PathBuf,
     },
+    /// Fit a linear classifier on a run's frozen encoder and report its held-out accuracy (image
+    /// and table tasks).
+    Probe {
+        /// The run directory (`runs/<name>`).
+        run_dir: PathBuf,
+        /// The column of integer class ids (default: the pipeline's `source.label_column`).
+        #[arg(long)]
+        label_column: Option<String>,
+        /// Embed at most this many rows per side of the split.
+        #[arg(long, default_value_t = 50_000)]
+        max_rows: usize,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
     /// Print the JSON Schema of pipeline files, or write it (and the task output schemas).
     Schema {
         /// Write `pipeline.schema.json` and `tasks/*.json` into the schemas directory.
@@ -98,6 +113,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export { file, out, resume, quiet, sets } => export::run(&file, out, resume, quiet, &sets),
         Command::Train { file, run_dir, resume, quiet, sets } => train::run(&file, run_dir, resume, quiet, &sets),
         Command::Plot { run_dir } => plot::run(&run_dir),
+        Command::Probe { run_dir, label_column, max_rows, sets } => {
+            probe::run(&run_dir, label_column.as_deref(), max_rows, &sets)
+        }
         Command::Schema { write, dir } => schema::run(write, &dir),
     }
 }

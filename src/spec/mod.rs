@@ -628,6 +628,13 @@ fn train_rules(spec: &PipelineSpec, train: &TrainSpec, issues: &mut Vec<Issue>) 
         }
         vision_model_rules(spec, model, issues);
     }
+    if train.byol.is_some() && !matches!(spec.task, TaskSpec::ContrastiveImage(_)) {
+        issues.push(Issue::at_key(
+            &p(&["train", "byol"]),
+            format!("BYOL trains `contrastive_image` views, not task `{task}`"),
+            Some("remove `byol`".into()),
+        ));
+    }
     match DeviceChoice::parse(&train.device) {
         None => issues.push(Issue::at(
             &p(&["train", "device"]),

@@ -947,6 +947,10 @@ pub struct TrainSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0001, max = 100.0))]
     pub temperature: Option<f64>,
+    /// `contrastive_image`: train BYOL (an EMA target network and a predictor; no negatives)
+    /// instead of SimCLR's NT-Xent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byol: Option<ByolSpec>,
     /// MAE: reconstruct each patch normalised by its own mean and variance (the paper's better
     /// setting; the reference code's default is off).
     #[serde(default)]
@@ -985,6 +989,27 @@ fn default_log_every() -> u64 {
 }
 fn default_collapse_threshold() -> f64 {
     0.1
+}
+
+/// BYOL (Grill et al. 2020).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ByolSpec {
+    /// Base EMA rate of the target network, raised to 1 over training by a cosine (BYOL: 0.996).
+    #[serde(default = "default_byol_ema")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ema: f64,
+    /// Hidden size of the predictor MLP (BYOL: 4096 for a 256-wide projection).
+    #[serde(default = "default_predictor_hidden")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub predictor_hidden: u32,
+}
+
+fn default_byol_ema() -> f64 {
+    0.996
+}
+fn default_predictor_hidden() -> u32 {
+    512
 }
 
 /// Floating-point type of the model.

@@ -11,6 +11,7 @@ pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod plot;
+pub mod probe;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -176,7 +177,7 @@ impl Trainer {
             crate::spec::TaskSpec::Mae(t) => (0, t.patch_size as usize),
             _ => (plan.tokenizer.vocab_size as usize, plan.seq_len.max(1)),
         };
-        let model = Model::new(&spec, kind, vocab, max_len, plan.seed, device, dtype)?;
+        let model = Model::new(&spec, kind, vocab, max_len, cfg.byol.as_ref(), plan.seed, device, dtype)?;
         let crate::spec::OptimizerSpec::Adamw(a) = &cfg.optimizer;
         let opt = AdamW::new(a, &model.params)?;
         Ok(Trainer {
@@ -248,6 +249,7 @@ impl Trainer {
         let lr = optim::learning_rate(a.lr, &self.cfg.schedule, self.step, self.cfg.steps);
         self.opt.update(&self.model.params, &grads, lr)?;
         self.step += 1;
+        self.model.after_step(self.cfg.byol.as_ref(), self.step, self.cfg.steps)?;
         Ok(StepOutcome { loss: loss_sum / n, grad_norm, lr })
     }
 
@@ -395,6 +397,17 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         (false, _) => checkpoint::check_run_dir(&run_dir, false)?,
     }
     let start_step = state.step;
+    // The pipeline as run, for `pretext probe`.
+    let base_dir = std::fs::canonicalize(&plan.pipeline.base_dir).unwrap_or_else(|_| plan.pipeline.base_dir.clone());
+    let saved = serde_json::json!({
+        "file": plan.pipeline.file.display().to_string(),
+        "base_dir": base_dir.display().to_string(),
+        "pipeline": plan.pipeline.resolved_json(),
+    });
+    crate::plan::write_atomic(
+        &run_dir.join("pipeline.json"),
+        (serde_json::to_string_pretty(&saved).unwrap_or_default() + "\n").as_bytes(),
+    )?;
     let mut metrics = metrics::Metrics::open(&run_dir, opts.resume.then_some(state.step))?;
     if start_step >= cfg.steps {
         eprintln!("the run in `{}` already has {start_step} of {} steps; nothing to do", run_dir.display(), cfg.steps);

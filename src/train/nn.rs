@@ -21,6 +21,10 @@ pub fn ce(e: candle_core::Error) -> Error {
 /// so a model's weights do not depend on the order its parts are built in.
 pub struct Params {
     vars: BTreeMap<String, (Var, bool)>,
+    /// Names of parameters the optimizer leaves alone (BYOL's EMA target network).
+    frozen: std::collections::BTreeSet<String>,
+    /// Prepended to every name while building a copy of a network (`target.`).
+    prefix: String,
     seed: u64,
     device: Device,
     dtype: DType,
@@ -28,7 +32,42 @@ pub struct Params {
 
 impl Params {
     pub fn new(seed: u64, device: &Device, dtype: DType) -> Self {
-        Params { vars: BTreeMap::new(), seed, device: device.clone(), dtype }
+        Params {
+            vars: BTreeMap::new(),
+            frozen: Default::default(),
+            prefix: String::new(),
+            seed,
+            device: device.clone(),
+            dtype,
+        }
+    }
+
+    /// From now on, names get `prefix` and the parameters are frozen (`""` ends it).
+    pub fn frozen_scope(&mut self, prefix: &str) {
+        self.prefix = prefix.to_string();
+    }
+
+    /// Whether the optimizer updates `name`.
+    pub fn trainable(&self, name: &str) -> bool {
+        !self.frozen.contains(name)
+    }
+
+    /// Sets every frozen `prefix·X` to `tau · prefix·X + (1 − tau) · X` (an exponential moving
+    /// average of the trained weights; `tau = 0` copies them).
+    pub fn ema(&self, prefix: &str, tau: f64) -> Result<()> {
+        for name in &self.frozen {
+            let Some(source) = name.strip_prefix(prefix) else { continue };
+            let (Some((t, _)), Some((o, _))) = (self.vars.get(name), self.vars.get(source)) else {
+                return Err(Error::internal(format!("frozen `{name}` has no trained twin `{source}`")));
+            };
+            let v = if tau == 0.0 {
+                o.as_tensor().clone()
+            } else {
+                ((t.as_tensor() * tau).map_err(ce)? + (o.as_tensor() * (1.0 - tau)).map_err(ce)?).map_err(ce)?
+            };
+            t.set(&v.detach()).map_err(ce)?;
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {
@@ -36,6 +75,10 @@ impl Params {
     }
 
     fn add(&mut self, name: &str, values: Vec<f32>, shape: &[usize], decay: bool) -> Result<Tensor> {
+        let name = &format!("{}{name}", self.prefix);
+        if !self.prefix.is_empty() {
+            self.frozen.insert(name.clone());
+        }
         if self.vars.contains_key(name) {
             return Err(Error::internal(format!("parameter `{name}` defined twice")));
         }

@@ -23,6 +23,7 @@ impl AdamW {
     pub fn new(cfg: &AdamWSpec, params: &Params) -> Result<Self> {
         let moments = params
             .vars()
+            .filter(|(name, _, _)| params.trainable(name))
             .map(|(name, var, _)| {
                 let z = var.zeros_like().map_err(ce)?.to_dtype(DType::F32).map_err(ce)?;
                 Ok((name.to_string(), (z.clone(), z)))
@@ -38,7 +39,7 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (name, var, decay) in params.vars() {
-            let Some(g) = grads.get(name) else { continue };
+            let Some(g) = grads.get(name).filter(|_| params.trainable(name)) else { continue };
             let mut f = || -> candle_core::Result<()> {
                 let g = g.to_dtype(DType::F32)?;
                 let (m, v) = self.moments.get_mut(name).expect("a moment per parameter");

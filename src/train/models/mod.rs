@@ -48,15 +48,23 @@ pub enum Net {
     Seq2seq(Seq2seq),
     Vit(Vit),
     Mlp(Mlp),
+    /// BYOL: the online network with its predictor, and the EMA target (`target.*`, frozen).
+    Byol {
+        online: Box<Vit>,
+        predictor: vision::Projection,
+        target: Box<Vit>,
+    },
 }
 
 impl Model {
     /// Builds `spec` for `kind` with seeded initial weights.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         spec: &ModelSpec,
         kind: TaskKind,
         vocab: usize,
         max_len: usize,
+        byol: Option<&crate::spec::ByolSpec>,
         seed: u64,
         device: &Device,
         dtype: DType,
@@ -64,6 +72,20 @@ impl Model {
         let mut params = Params::new(seed, device, dtype);
         let sizes = spec.sizes().unwrap_or_default();
         let net = match (spec, kind) {
+            (ModelSpec::Vit(v), TaskKind::ImageViews { c, s }) if byol.is_some() => {
+                let b = byol.expect("checked by the guard");
+                let patch = v.patch_size as usize;
+                let online = Vit::new(&mut params, v, c, s, patch, VitHead::Projection)?;
+                let proj = v.projection as usize;
+                let predictor =
+                    vision::Projection::new(&mut params, "predictor", proj, b.predictor_hidden as usize, proj)?;
+                params.frozen_scope(BYOL_TARGET);
+                let target = Vit::new(&mut params, v, c, s, patch, VitHead::Projection)?;
+                params.frozen_scope("");
+                // BYOL starts the target as a copy of the online network.
+                params.ema(BYOL_TARGET, 0.0)?;
+                Net::Byol { online: Box::new(online), predictor, target: Box::new(target) }
+            }
             (ModelSpec::Encoder(e), TaskKind::Mlm | TaskKind::Contrastive) => {
                 Net::Encoder(Encoder::new(&mut params, &sizes, e.pooling, vocab, max_len)?)
             }
@@ -99,6 +121,7 @@ impl Model {
         Ok(match (&self.net, inputs) {
             (Net::Encoder(m), Inputs::Contrastive { a, .. }) => Some(m.embed_rows(a, &fwd)?),
             (Net::Vit(m), Inputs::Images { views }) => Some(m.project(&views[0], &fwd)?),
+            (Net::Byol { online, .. }, Inputs::Images { views }) => Some(online.project(&views[0], &fwd)?),
             (Net::Vit(m), Inputs::Mae { pixels, .. }) => Some(m.pooled(pixels, &fwd)?),
             (Net::Vit(m), Inputs::Denoise { clean, .. }) => Some(m.pooled(clean, &fwd)?),
             (Net::Mlp(m), Inputs::Table { clean, .. }) => Some(m.project(clean, &fwd)?),
@@ -112,6 +135,7 @@ impl Model {
         let fwd = Fwd::eval();
         Ok(match (&self.net, inputs) {
             (Net::Vit(m), Inputs::Images { views }) => Some(m.pooled(&views[0], &fwd)?),
+            (Net::Byol { online, .. }, Inputs::Images { views }) => Some(online.pooled(&views[0], &fwd)?),
             (Net::Vit(m), Inputs::Mae { pixels, .. }) => Some(m.pooled(pixels, &fwd)?),
             (Net::Vit(m), Inputs::Denoise { clean, .. }) => Some(m.pooled(clean, &fwd)?),
             (Net::Mlp(m), Inputs::Table { clean, .. }) => Some(m.encode(clean, &fwd)?),
@@ -124,8 +148,20 @@ impl Model {
     pub fn unused_prefixes(&self) -> &'static [&'static str] {
         match &self.net {
             Net::Encoder(_) => Encoder::unused(self.kind == TaskKind::Contrastive),
+            Net::Byol { .. } => &[BYOL_TARGET],
             _ => &[],
         }
+    }
+
+    /// After an optimizer step: BYOL moves its target network towards the online one, with
+    /// `τ = 1 − (1 − ema)·(cos(π·step/steps) + 1)/2`.
+    pub fn after_step(&self, byol: Option<&crate::spec::ByolSpec>, step: u64, steps: u64) -> Result<()> {
+        if let (Net::Byol { .. }, Some(b)) = (&self.net, byol) {
+            let k = (step as f64 / steps.max(1) as f64).min(1.0);
+            let tau = 1.0 - (1.0 - b.ema) * ((std::f64::consts::PI * k).cos() + 1.0) / 2.0;
+            self.params.ema(BYOL_TARGET, tau)?;
+        }
+        Ok(())
     }
 
     /// The mean loss of a batch (a scalar tensor).
@@ -149,6 +185,31 @@ impl Model {
                 }
                 let total = total.ok_or_else(|| Error::internal("fewer than two views"))?;
                 (total / pairs as f64).map_err(ce)
+            }
+            (Net::Byol { online, predictor, target }, Inputs::Images { views }) => {
+                // Each view's prediction against the target's projection of every other view.
+                let p =
+                    views.iter().map(|v| predictor.forward(&online.project(v, fwd)?)).collect::<Result<Vec<_>>>()?;
+                let z = views
+                    .iter()
+                    .map(|v| target.project(v, &Fwd::eval()).map(|t| t.detach()))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut total: Option<Tensor> = None;
+                let mut terms = 0;
+                for (i, pi) in p.iter().enumerate() {
+                    for (j, zj) in z.iter().enumerate() {
+                        if i != j {
+                            let l = byol_loss(pi, zj)?;
+                            total = Some(match total {
+                                None => l,
+                                Some(t) => (t + l).map_err(ce)?,
+                            });
+                            terms += 1;
+                        }
+                    }
+                }
+                let total = total.ok_or_else(|| Error::internal("fewer than two views"))?;
+                (total / terms as f64).map_err(ce)
             }
             (Net::Vit(m), Inputs::Mae { pixels, keep, masked, restore, .. }) => {
                 m.mae_loss(pixels, keep, masked, restore, objective.norm_pix_loss, fwd)
@@ -190,6 +251,22 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     }
     let logits = logits.to_dtype(DType::F32).map_err(ce)?;
     candle_nn::loss::cross_entropy(&logits, targets).map_err(ce)
+}
+
+/// The prefix of BYOL's target-network parameters.
+pub const BYOL_TARGET: &str = "target.";
+
+/// BYOL's regression loss: `2 − 2·cos(p, z)`, the mean over rows.
+pub fn byol_loss(p: &Tensor, z: &Tensor) -> Result<Tensor> {
+    let f = || -> candle_core::Result<Tensor> {
+        let norm = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-8, f64::MAX)?;
+            x.broadcast_div(&n)
+        };
+        let cos = (norm(p)? * norm(z)?)?.sum(D::Minus1)?;
+        ((cos * -2.0)? + 2.0)?.mean_all()
+    };
+    f().map_err(ce)
 }
 
 /// NT-Xent (SimCLR): the 2N embeddings of both views, each of which must pick its partner among

@@ -272,9 +272,4 @@ impl Vit {
         let target = self.patchify(clean)?;
         (pred - target).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).map_err(ce)
     }
-
-    /// Parameter prefixes the model's head leaves unused (none: each ViT carries only its head).
-    pub fn unused() -> &'static [&'static str] {
-        &[]
-    }
 }

@@ -1,0 +1,169 @@
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::plan::{BuildOptions, Plan};
+use crate::source::Split;
+use crate::spec::{TaskInput, TaskSpec};
+use crate::train::probe::{majority, Classifier, Labelled};
+use crate::train::{checkpoint, settings, Trainer};
+
+/// Steps of the probe's optimiser.
+const ITERATIONS: usize = 300;
+
+/// Fits a linear probe on the frozen encoder of the run in `run_dir` and reports its held-out
+/// accuracy next to the same encoder at initialisation and the majority class.
+pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[String]) -> Result<i32> {
+    let saved = run_dir.join("pipeline.json");
+    let text = std::fs::read_to_string(&saved).map_err(|e| {
+        Error::env_hint(
+            format!("cannot read `{}`: {e}", saved.display()),
+            "point at a run directory written by `pretext train` (it saves the pipeline it ran as pipeline.json)",
+        )
+    })?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::data(format!("`{}`: {e}", saved.display())))?;
+    let base_dir = doc["base_dir"].as_str().map(std::path::PathBuf::from).unwrap_or_else(|| ".".into());
+    let pipeline_text = serde_json::to_string(&doc["pipeline"]).map_err(|e| Error::internal(e.to_string()))?;
+    let (_, checkpoint_dir) = checkpoint::list(run_dir)?.pop().ok_or_else(|| {
+        Error::env_hint(
+            format!("`{}` holds no checkpoint", run_dir.display()),
+            "train first: `pretext train <pipeline>`",
+        )
+    })?;
+
+    // Probe on plain images: no random crops, flips or colour changes.
+    let task: serde_json::Value = doc["pipeline"]["task"].clone();
+    let mut overrides = vec!["stream.epochs=1".to_string()];
+    if task.get("contrastive_image").is_some() {
+        overrides.push("task.contrastive_image.augment={crop: {scale: [1.0, 1.0], ratio: [1.0, 1.0]}, flip: 0.0, color_jitter: {p: 0.0}, grayscale: 0.0, blur: {p: 0.0}, solarize: {p: 0.0}}".into());
+    }
+    if task.get("mae").is_some() {
+        overrides.push("task.mae.crop={scale: [1.0, 1.0], ratio: [1.0, 1.0]}".into());
+        overrides.push("task.mae.flip=0.0".into());
+    }
+    if let Some(col) = label_column {
+        overrides.push(format!("source.label_column={col}"));
+    }
+    overrides.extend(sets.iter().cloned());
+    let name = saved.display().to_string();
+    let pipeline = crate::spec::load_str(&pipeline_text, &name, base_dir, &overrides).map_err(Error::Spec)?;
+    if pipeline.spec.task.input() == TaskInput::Text {
+        return Err(Error::env_hint(
+            format!("task `{}` reads text, which carries no label column to probe", pipeline.spec.task_name()),
+            "probes work on the image and table tasks (contrastive_image, mae, denoise_image, scarf, vime)",
+        ));
+    }
+    if pipeline.spec.source.label_column.is_none() {
+        return Err(Error::env_hint(
+            "the run's pipeline has no `source.label_column`",
+            "name the column holding the class ids: `pretext probe <run> --label-column label`",
+        ));
+    }
+    let fraction = pipeline.spec.train.as_ref().and_then(|t| t.eval.as_ref()).map(|e| e.fraction).unwrap_or(0.2);
+    let rt = super::runtime()?;
+    let plan = rt.block_on(Plan::build(pipeline, &BuildOptions::default()))?;
+    let cfg = settings(&plan);
+    let device = candle_core::Device::Cpu;
+    let trained = Trainer::new(&plan, &cfg, &device)?;
+    trained.model.params.load(&checkpoint_dir.join("model.safetensors"))?;
+    let initial = Trainer::new(&plan, &cfg, &device)?;
+
+    let collect = |split: Split| -> Result<(Labelled, Labelled)> {
+        rt.block_on(async {
+            let (mut a, mut b) = (Labelled::default(), Labelled::default());
+            let mut stream = plan.epoch_batches(0, split);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let labels =
+                    batch.column_by_name("label").ok_or_else(|| Error::internal("examples without `label`"))?;
+                let labels = labels.as_primitive::<arrow::datatypes::Int64Type>();
+                let inputs = trained.inputs(&batch)?;
+                let embed = |t: &Trainer| -> Result<(Vec<f32>, usize)> {
+                    let f = t
+                        .model
+                        .features(&inputs.inputs)?
+                        .ok_or_else(|| Error::internal("no features for this task"))?;
+                    let d = f.dim(1).map_err(crate::train::nn::ce)?;
+                    let v = f.flatten_all().and_then(|f| f.to_vec1::<f32>()).map_err(crate::train::nn::ce)?;
+                    Ok((v, d))
+                };
+                let ((fa, d), (fb, _)) = (embed(&trained)?, embed(&initial)?);
+                for i in 0..batch.num_rows() {
+                    if labels.is_null(i) {
+                        continue;
+                    }
+                    let l = labels.value(i);
+                    let l = usize::try_from(l).ok().filter(|&l| l < 100_000).ok_or_else(|| {
+                        Error::data_hint(
+                            format!("label {l} is not a class id"),
+                            "labels must be whole numbers 0, 1, …, classes − 1; map them in `source.sql`",
+                        )
+                    })?;
+                    for (side, f) in [(&mut a, &fa), (&mut b, &fb)] {
+                        side.dim = d;
+                        side.features.extend_from_slice(&f[i * d..(i + 1) * d]);
+                        side.labels.push(l);
+                    }
+                }
+                if a.len() >= max_rows {
+                    break;
+                }
+            }
+            Ok((a, b))
+        })
+    };
+    let (train_t, train_i) = collect(Split::Train { fraction, seed: plan.seed })?;
+    let (test_t, test_i) = collect(Split::Eval { fraction, seed: plan.seed })?;
+    if train_t.is_empty() || test_t.is_empty() {
+        return Err(Error::data_hint(
+            format!("the split left {} rows to fit and {} to test on", train_t.len(), test_t.len()),
+            "the probe needs labelled rows on both sides of the split (`train.eval.fraction`, default 0.2)",
+        ));
+    }
+    let classes = train_t.labels.iter().chain(&test_t.labels).max().map_or(0, |m| m + 1);
+    if classes < 2 {
+        return Err(Error::data("every row has the same label: there is nothing to classify"));
+    }
+    let fit = |train: &Labelled, test: &Labelled| -> Result<(f64, f64)> {
+        let clf = Classifier::fit(train, classes, ITERATIONS)?;
+        Ok((clf.accuracy(train), clf.accuracy(test)))
+    };
+    let (fit_t, acc_t) = fit(&train_t, &test_t)?;
+    let (_, acc_i) = fit(&train_i, &test_i)?;
+    let base = majority(&train_t, &test_t, classes);
+    let step = checkpoint::read_state(&checkpoint_dir)?.step;
+    let report = serde_json::json!({
+        "checkpoint": checkpoint_dir.display().to_string(),
+        "step": step,
+        "label_column": plan.pipeline.spec.source.label_column,
+        "classes": classes,
+        "train_rows": train_t.len(),
+        "test_rows": test_t.len(),
+        "features": train_t.dim,
+        "accuracy": acc_t,
+        "train_accuracy": fit_t,
+        "initial_encoder_accuracy": acc_i,
+        "majority_accuracy": base,
+    });
+    let out = run_dir.join("probe.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")
+        .map_err(|e| Error::io(&out, "write", e))?;
+    println!(
+        "linear probe on `{}` ({classes} classes, {} features): held-out accuracy {:.3} with the encoder at step {step}, {:.3} at initialisation, {:.3} for the majority class ({} rows fitted, {} held out)",
+        plan.pipeline.spec.source.label_column.as_deref().unwrap_or("label"),
+        train_t.dim,
+        acc_t,
+        acc_i,
+        base,
+        train_t.len(),
+        test_t.len()
+    );
+    if !matches!(plan.pipeline.spec.task, TaskSpec::Scarf(_) | TaskSpec::Vime(_)) && acc_t <= acc_i {
+        eprintln!("note: the trained encoder probes no better than its initialisation; train longer or check the loss curve (`pretext plot`)");
+    }
+    eprintln!("wrote `{}`", out.display());
+    Ok(0)
+}
