@@ -94,6 +94,11 @@ const TASKS: &[(&str, &str, &str)] = &[
         "vit: { patch_size: 8, layers: 1, hidden: 16, heads: 2, projection: 8 }",
     ),
     (
+        "cnn",
+        "contrastive_image: { image: { size: 16 }, augment: { blur: { p: 0.0 } } }",
+        "cnn: { widths: [8, 16], projection: 16 }",
+    ),
+    (
         "mae",
         "mae: { image: { size: 16 }, patch_size: 4 }",
         "vit: { layers: 1, hidden: 32, heads: 2, decoder_layers: 1, decoder_hidden: 16 }",
@@ -247,6 +252,10 @@ fn train_then_probe_from_the_command_line() {
 fn byol_trains_the_online_network_and_moves_the_target_by_ema() {
     let dir = tempdir();
     let file = setup(dir.path(), "byol_views", "  byol: { ema: 0.9, predictor_hidden: 16 }\n  steps: 20\n");
+    let cnn = tempdir();
+    let (_, cnn_plan) = plan(&setup(cnn.path(), "cnn", "  byol: {}\n"));
+    let t = Trainer::new(&cnn_plan, &settings(&cnn_plan), &Device::Cpu).unwrap();
+    assert!(t.model.params.vars().any(|(n, _, _)| n == "target.cnn.stem.conv.weight"), "BYOL works with the CNN too");
     let (rt, plan) = plan(&file);
     let mut trainer = Trainer::new(&plan, &settings(&plan), &Device::Cpu).unwrap();
     let names: Vec<String> = trainer.model.params.vars().map(|(n, _, _)| n.to_string()).collect();
@@ -288,4 +297,51 @@ fn byol_trains_the_online_network_and_moves_the_target_by_ema() {
     }
     let after = trainer.eval_loss(&fixed).unwrap().unwrap();
     assert!(after < before, "BYOL loss {before} → {after}");
+}
+
+/// The CNN's layers (a stride-2 convolution and group norm, as the CNN composes them) against
+/// finite differences, in f64 so the differences are exact enough to compare.
+#[test]
+fn cnn_layer_gradients_match_finite_differences() {
+    use candle_core::{DType, Var};
+    use pretext::train::models::cnn::group_norm;
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f64, 1.0, (2, 3, 9, 9), &dev).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f64, 0.3, (4, 3, 3, 3), &dev).unwrap()).unwrap();
+    let gamma = Var::from_tensor(&Tensor::randn(1f64, 0.2, 4, &dev).unwrap()).unwrap();
+    let beta = Var::from_tensor(&Tensor::randn(0f64, 0.2, 4, &dev).unwrap()).unwrap();
+    let r = Tensor::randn(0f64, 1.0, (2, 4, 5, 5), &dev).unwrap();
+    let f = || -> f64 {
+        let y = x.conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
+        let y = group_norm(&y, gamma.as_tensor(), beta.as_tensor(), 2).unwrap();
+        (y.relu().unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    let y = x.conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
+    assert_eq!(y.dims(), &[2, 4, 5, 5]);
+    let loss = (group_norm(&y, gamma.as_tensor(), beta.as_tensor(), 2).unwrap().relu().unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in [("conv", &w), ("gamma", &gamma), ("beta", &beta)] {
+        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let dims = var.dims().to_vec();
+        for i in 0..orig.len() {
+            let at = |delta: f64| {
+                let mut v = orig.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, dims.as_slice(), &dev).unwrap()).unwrap();
+                f()
+            };
+            let numeric = (at(1e-6) - at(-1e-6)) / 2e-6;
+            var.set(&Tensor::from_vec(orig.clone(), dims.as_slice(), &dev).unwrap().to_dtype(DType::F64).unwrap())
+                .unwrap();
+            assert!(
+                (numeric - g[i]).abs() < 1e-5 * (1.0 + g[i].abs()),
+                "{name}[{i}]: analytic {}, numeric {numeric}",
+                g[i]
+            );
+        }
+    }
 }

@@ -555,7 +555,8 @@ pub fn allowed_models(task: &TaskSpec) -> &'static [&'static str] {
         TaskSpec::Mlm(_) | TaskSpec::ContrastiveText(_) => &["encoder"],
         TaskSpec::Causal(_) => &["decoder"],
         TaskSpec::Span(_) | TaskSpec::Denoise(_) => &["seq2seq"],
-        TaskSpec::ContrastiveImage(_) | TaskSpec::DenoiseImage(_) | TaskSpec::Mae(_) => &["vit"],
+        TaskSpec::ContrastiveImage(_) => &["vit", "cnn"],
+        TaskSpec::DenoiseImage(_) | TaskSpec::Mae(_) => &["vit"],
         TaskSpec::Scarf(_) | TaskSpec::Vime(_) => &["mlp"],
     }
 }
@@ -678,13 +679,20 @@ fn vision_model_rules(spec: &PipelineSpec, model: &ModelSpec, issues: &mut Vec<I
             format!("decoder_hidden {} is not a multiple of heads {}", v.decoder_hidden, v.heads),
             None,
         )),
-        ModelSpec::Cnn(c) if c.widths.is_empty() || c.widths.iter().any(|&w| w == 0 || w > 4096) => {
+        ModelSpec::Cnn(c)
+            if c.widths.is_empty() || c.widths.len() > 8 || c.widths.iter().any(|&w| w == 0 || w > 4096) =>
+        {
             issues.push(Issue::at(
                 &p(&["train", "model", "cnn", "widths"]),
                 "widths must list 1 to 8 stage widths between 1 and 4096".into(),
                 Some("e.g. `widths: [32, 64, 128]`".into()),
             ))
         }
+        ModelSpec::Cnn(c) if (size >> c.widths.len()) == 0 => issues.push(Issue::at(
+            &p(&["train", "model", "cnn", "widths"]),
+            format!("{} stride-2 stages shrink a {size}-pixel image below one pixel", c.widths.len()),
+            Some("use fewer stages or larger images".into()),
+        )),
         _ => {}
     }
 }

@@ -1034,7 +1034,8 @@ pub enum ModelSpec {
     /// Vision transformer (patch embedding by reshape + matmul, pre-LN blocks, mean pooling),
     /// with an MAE decoder for `mae` and a pixel head for `denoise_image`.
     Vit(VitSpec),
-    /// Small ResNet-style CNN (3×3 convolutions, batch-free: group norm) for image tasks.
+    /// Small ResNet-style CNN (3×3 convolutions, group norm, global average pooling) for
+    /// `contrastive_image`.
     Cnn(CnnSpec),
     /// MLP encoder for tabular tasks (SCARF / VIME).
     Mlp(MlpSpec),

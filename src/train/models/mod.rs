@@ -1,5 +1,6 @@
 //! The three model families and the loss each task trains with.
 
+pub mod cnn;
 pub mod decoder;
 pub mod encoder;
 pub mod seq2seq;
@@ -13,6 +14,7 @@ use crate::spec::ModelSpec;
 use crate::train::batch::{Inputs, TaskKind};
 use crate::train::nn::{ce, Fwd, Params};
 
+pub use cnn::Cnn;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub use seq2seq::Seq2seq;
@@ -50,10 +52,44 @@ pub enum Net {
     Mlp(Mlp),
     /// BYOL: the online network with its predictor, and the EMA target (`target.*`, frozen).
     Byol {
-        online: Box<Vit>,
+        online: Backbone,
         predictor: vision::Projection,
-        target: Box<Vit>,
+        target: Backbone,
     },
+    /// Contrastive views through a ViT or CNN with a projection head (NT-Xent).
+    Views(Backbone),
+}
+
+/// The image encoders of the contrastive task.
+pub enum Backbone {
+    Vit(Box<Vit>),
+    Cnn(Box<Cnn>),
+}
+
+impl Backbone {
+    fn new(p: &mut Params, spec: &ModelSpec, c: usize, s: usize) -> Result<Backbone> {
+        Ok(match spec {
+            ModelSpec::Vit(v) => {
+                Backbone::Vit(Box::new(Vit::new(p, v, c, s, v.patch_size as usize, VitHead::Projection)?))
+            }
+            ModelSpec::Cnn(k) => Backbone::Cnn(Box::new(Cnn::new(p, k, c)?)),
+            other => return Err(Error::internal(format!("`{}` is not an image encoder", other.kind()))),
+        })
+    }
+
+    pub fn project(&self, images: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        match self {
+            Backbone::Vit(m) => m.project(images, fwd),
+            Backbone::Cnn(m) => m.project(images, fwd),
+        }
+    }
+
+    pub fn pooled(&self, images: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        match self {
+            Backbone::Vit(m) => m.pooled(images, fwd),
+            Backbone::Cnn(m) => m.pooled(images, fwd),
+        }
+    }
 }
 
 impl Model {
@@ -72,28 +108,25 @@ impl Model {
         let mut params = Params::new(seed, device, dtype);
         let sizes = spec.sizes().unwrap_or_default();
         let net = match (spec, kind) {
-            (ModelSpec::Vit(v), TaskKind::ImageViews { c, s }) if byol.is_some() => {
-                let b = byol.expect("checked by the guard");
-                let patch = v.patch_size as usize;
-                let online = Vit::new(&mut params, v, c, s, patch, VitHead::Projection)?;
-                let proj = v.projection as usize;
-                let predictor =
-                    vision::Projection::new(&mut params, "predictor", proj, b.predictor_hidden as usize, proj)?;
-                params.frozen_scope(BYOL_TARGET);
-                let target = Vit::new(&mut params, v, c, s, patch, VitHead::Projection)?;
-                params.frozen_scope("");
-                // BYOL starts the target as a copy of the online network.
-                params.ema(BYOL_TARGET, 0.0)?;
-                Net::Byol { online: Box::new(online), predictor, target: Box::new(target) }
-            }
-            (ModelSpec::Encoder(e), TaskKind::Mlm | TaskKind::Contrastive) => {
-                Net::Encoder(Encoder::new(&mut params, &sizes, e.pooling, vocab, max_len)?)
-            }
-            (ModelSpec::Decoder(s), TaskKind::Causal) => Net::Decoder(Decoder::new(&mut params, s, vocab, max_len)?),
-            (ModelSpec::Seq2seq(s), TaskKind::Seq2seq) => Net::Seq2seq(Seq2seq::new(&mut params, s, vocab)?),
-            (ModelSpec::Vit(v), TaskKind::ImageViews { c, s }) => {
-                Net::Vit(Vit::new(&mut params, v, c, s, v.patch_size as usize, VitHead::Projection)?)
-            }
+            (ModelSpec::Vit(_) | ModelSpec::Cnn(_), TaskKind::ImageViews { c, s }) => match byol {
+                None => Net::Views(Backbone::new(&mut params, spec, c, s)?),
+                Some(b) => {
+                    let online = Backbone::new(&mut params, spec, c, s)?;
+                    let proj = match spec {
+                        ModelSpec::Vit(v) => v.projection,
+                        ModelSpec::Cnn(k) => k.projection,
+                        _ => unreachable!("matched above"),
+                    } as usize;
+                    let predictor =
+                        vision::Projection::new(&mut params, "predictor", proj, b.predictor_hidden as usize, proj)?;
+                    params.frozen_scope(BYOL_TARGET);
+                    let target = Backbone::new(&mut params, spec, c, s)?;
+                    params.frozen_scope("");
+                    // BYOL starts the target as a copy of the online network.
+                    params.ema(BYOL_TARGET, 0.0)?;
+                    Net::Byol { online, predictor, target }
+                }
+            },
             (ModelSpec::Vit(v), TaskKind::Mae { c, s }) => {
                 // MAE's patches are the task's; `max_len` carries the patch size.
                 Net::Vit(Vit::new(&mut params, v, c, s, max_len, VitHead::Mae)?)
@@ -120,7 +153,7 @@ impl Model {
         let fwd = Fwd::eval();
         Ok(match (&self.net, inputs) {
             (Net::Encoder(m), Inputs::Contrastive { a, .. }) => Some(m.embed_rows(a, &fwd)?),
-            (Net::Vit(m), Inputs::Images { views }) => Some(m.project(&views[0], &fwd)?),
+            (Net::Views(m), Inputs::Images { views }) => Some(m.project(&views[0], &fwd)?),
             (Net::Byol { online, .. }, Inputs::Images { views }) => Some(online.project(&views[0], &fwd)?),
             (Net::Vit(m), Inputs::Mae { pixels, .. }) => Some(m.pooled(pixels, &fwd)?),
             (Net::Vit(m), Inputs::Denoise { clean, .. }) => Some(m.pooled(clean, &fwd)?),
@@ -134,7 +167,7 @@ impl Model {
     pub fn features(&self, inputs: &Inputs) -> Result<Option<Tensor>> {
         let fwd = Fwd::eval();
         Ok(match (&self.net, inputs) {
-            (Net::Vit(m), Inputs::Images { views }) => Some(m.pooled(&views[0], &fwd)?),
+            (Net::Views(m), Inputs::Images { views }) => Some(m.pooled(&views[0], &fwd)?),
             (Net::Byol { online, .. }, Inputs::Images { views }) => Some(online.pooled(&views[0], &fwd)?),
             (Net::Vit(m), Inputs::Mae { pixels, .. }) => Some(m.pooled(pixels, &fwd)?),
             (Net::Vit(m), Inputs::Denoise { clean, .. }) => Some(m.pooled(clean, &fwd)?),
@@ -168,7 +201,7 @@ impl Model {
     pub fn loss(&self, inputs: &Inputs, fwd: &Fwd, objective: Objective) -> Result<Tensor> {
         let temperature = objective.temperature;
         match (&self.net, inputs) {
-            (Net::Vit(m), Inputs::Images { views }) => {
+            (Net::Views(m), Inputs::Images { views }) => {
                 let z = views.iter().map(|v| m.project(v, fwd)).collect::<Result<Vec<_>>>()?;
                 // All pairs of views (two views: SimCLR's NT-Xent).
                 let mut total: Option<Tensor> = None;

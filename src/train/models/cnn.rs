@@ -1,0 +1,105 @@
+//! A small ResNet-style CNN for the contrastive image task: a 3×3 stem, then per stage a stride-2
+//! 3×3 convolution and a residual block of two 3×3 convolutions, group normalisation (batch
+//! statistics would couple the examples of a batch, which contrastive losses must not see) and
+//! ReLU, then global average pooling and a 2-layer projection head. Convolutions are candle's
+//! `conv2d` (its backward is a transposed convolution); weights use He initialisation.
+
+use candle_core::{Tensor, D};
+
+use crate::error::Result;
+use crate::spec::CnnSpec;
+use crate::train::models::vision::Projection;
+use crate::train::nn::{ce, Fwd, Params};
+
+const EPS: f64 = 1e-5;
+
+/// A 3×3 convolution (no bias) followed by group normalisation.
+struct ConvNorm {
+    w: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    groups: usize,
+    stride: usize,
+}
+
+impl ConvNorm {
+    fn new(p: &mut Params, name: &str, input: usize, output: usize, stride: usize) -> Result<ConvNorm> {
+        let std = (2.0 / (9 * input) as f64).sqrt();
+        Ok(ConvNorm {
+            w: p.normal(&format!("{name}.conv.weight"), &[output, input, 3, 3], std)?,
+            gamma: p.ones(&format!("{name}.norm.weight"), &[output])?,
+            beta: p.zeros(&format!("{name}.norm.bias"), &[output])?,
+            groups: (1..=8).rev().find(|g| output % g == 0).unwrap_or(1),
+            stride,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.w, 1, self.stride, 1, 1).map_err(ce)?;
+        group_norm(&y, &self.gamma, &self.beta, self.groups)
+    }
+}
+
+/// Group normalisation of `(B, C, H, W)` over `groups` channel groups, composed from
+/// differentiable ops.
+pub fn group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Tensor> {
+    let f = || -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let g = x.reshape((b, groups, (c / groups) * h * w))?;
+        let mean = g.mean_keepdim(D::Minus1)?;
+        let centred = g.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + EPS)?.sqrt()?)?.reshape((b, c, h, w))?;
+        normed.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?.broadcast_add(&beta.reshape((1, c, 1, 1))?)
+    };
+    f().map_err(ce)
+}
+
+struct Stage {
+    down: ConvNorm,
+    conv1: ConvNorm,
+    conv2: ConvNorm,
+}
+
+pub struct Cnn {
+    stem: ConvNorm,
+    stages: Vec<Stage>,
+    projection: Projection,
+}
+
+impl Cnn {
+    pub fn new(p: &mut Params, s: &CnnSpec, channels: usize) -> Result<Cnn> {
+        let widths: Vec<usize> = s.widths.iter().map(|&w| w as usize).collect();
+        let stem = ConvNorm::new(p, "cnn.stem", channels, widths[0], 1)?;
+        let mut stages = Vec::new();
+        let mut input = widths[0];
+        for (i, &w) in widths.iter().enumerate() {
+            let n = format!("cnn.stages.{i}");
+            stages.push(Stage {
+                down: ConvNorm::new(p, &format!("{n}.down"), input, w, 2)?,
+                conv1: ConvNorm::new(p, &format!("{n}.block.conv1"), w, w, 1)?,
+                conv2: ConvNorm::new(p, &format!("{n}.block.conv2"), w, w, 1)?,
+            });
+            input = w;
+        }
+        let last = *widths.last().expect("at least one stage (checked with the spec)");
+        Ok(Cnn { stem, stages, projection: Projection::new(p, "projection", last, last, s.projection as usize)? })
+    }
+
+    /// The pooled image embedding `(B, widths.last)`.
+    pub fn pooled(&self, images: &Tensor, _fwd: &Fwd) -> Result<Tensor> {
+        let mut x = self.stem.forward(images)?.relu().map_err(ce)?;
+        for s in &self.stages {
+            x = s.down.forward(&x)?.relu().map_err(ce)?;
+            let y = s.conv1.forward(&x)?.relu().map_err(ce)?;
+            let y = s.conv2.forward(&y)?;
+            x = (x + y).and_then(|z| z.relu()).map_err(ce)?;
+        }
+        x.mean(D::Minus1).and_then(|x| x.mean(D::Minus1)).map_err(ce)
+    }
+
+    /// The projection head's output.
+    pub fn project(&self, images: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        self.projection.forward(&self.pooled(images, fwd)?)
+    }
+}
