@@ -147,6 +147,23 @@ pub fn generated() -> Vec<(&'static str, String)> {
                 &[],
             ),
         ),
+        (
+            "tasks/vime.json",
+            task_doc_sized(
+                "vime",
+                "VIME tabular corruption: each feature replaced with probability mask_prob by a value drawn from its column's empirical marginal (a seeded reservoir sample of the stream); the same columns as `scarf`",
+                tabular::output_schema(16, true),
+                &[
+                    ("features", "the row's features in `columns` order, as f32; nulls imputed (numeric: the reservoir median; categorical: its most frequent code); standardised with the reservoir's mean and std when `standardize`"),
+                    ("corrupted", "features with the corrupted positions replaced by values drawn from the same column"),
+                    ("corruption_mask", "true where the feature was replaced (VIME's mask-estimation target)"),
+                    ("missing_mask", "true where the source value was null (and imputed)"),
+                    ("label", "the source's `label_column`, when set; nullable"),
+                ],
+                "columns",
+                &[],
+            ),
+        ),
     ]
 }
 

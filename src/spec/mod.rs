@@ -397,7 +397,7 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
         if values > 1 << 27 {
             issues.push(Issue::at(
                 &p(&["stream", "shuffle"]),
-                format!("a shuffle window of {w} rows of {seq_len} tokens holds {values} values per column, more than 134,217,728"),
+                format!("a shuffle window of {w} rows of {seq_len} values (tokens, pixels or features) holds {values} values per column, more than 134,217,728"),
                 Some(format!("lower `window_rows` to at most {}", (1u64 << 27) / seq_len as u64)),
             ));
         }
