@@ -182,7 +182,7 @@ fn tiny_runs_lower_their_loss() {
             trainer.train_step(std::slice::from_ref(&fixed[step % 2])).unwrap();
         }
         let after = trainer.eval_loss(&fixed).unwrap().unwrap();
-        assert!(after < before * 0.9, "{name}: loss {before} → {after}");
+        assert!(after < before * 0.95, "{name}: loss {before} → {after}");
     }
 }
 

@@ -295,6 +295,28 @@ fn scarf_corrupts_exactly_the_share_with_values_seen_in_the_column() {
 }
 
 #[test]
+fn a_rows_corruption_choice_depends_on_its_key_alone() {
+    let t = tempdir();
+    write_table(&t.path().join("t.parquet"), 300);
+    let yaml = "name: s\nsource: { path: t.parquet, key_column: id }\ntask: { scarf: { columns: [f0, f1, f2, f4, f5, f6, f7] } }\n";
+    let (whole, _) = export(t.path(), yaml, &[]);
+    let (half, _) = export(t.path(), yaml, &["--set", "stream.shard={rank: 1, world_size: 2}"]);
+    let masks = |b: &RecordBatch| {
+        let (m, c) = bools(b, "corruption_mask");
+        let keys = b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+        keys.into_iter()
+            .enumerate()
+            .map(|(r, k)| (k, m[r * c..(r + 1) * c].to_vec()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let (w, h) = (masks(&whole), masks(&half));
+    assert_eq!(h.len(), 150);
+    for (k, m) in &h {
+        assert_eq!(&w[k], m, "key {k}: the shard chose other features");
+    }
+}
+
+#[test]
 fn vime_masks_each_feature_with_its_probability() {
     let t = tempdir();
     write_table(&t.path().join("t.parquet"), 2000);
@@ -302,8 +324,13 @@ fn vime_masks_each_feature_with_its_probability() {
     let (b, _) = export(t.path(), yaml, &[]);
     let (mask, _) = bools(&b, "corruption_mask");
     let share = mask.iter().filter(|&&m| m).count() as f64 / mask.len() as f64;
-    assert!((share - 0.3).abs() < 0.02, "{share}");
+    // VIME's target marks the features whose value changed: a little under 0.3.
+    assert!((0.25..0.31).contains(&share), "{share}");
     let (feat, _) = f32s(&b, "features");
+    let (cor, _) = f32s(&b, "corrupted");
+    for i in 0..mask.len() {
+        assert_eq!(mask[i], feat[i] != cor[i], "value {i}");
+    }
     let mean = feat.iter().map(|&x| x as f64).sum::<f64>() / feat.len() as f64;
     assert!(mean.abs() < 0.2, "standardised features have mean near 0, got {mean}");
 }
@@ -341,6 +368,11 @@ fn misconfigured_image_and_table_sources_name_the_key() {
             "name: a\nsource: { path: img.parquet, label_column: image }\ntask: { contrastive_image: {} }\n",
             "source.label_column",
         ),
+        (
+            "name: a\nsource: { path: px.parquet, image_column: pixels, image_shape: [3, 8, 8] }\ntask: { mae: { image: { size: 8 }, patch_size: 4, mask_ratio: 0.1 } }\n",
+            "task.mae.mask_ratio",
+        ),
+        ("name: a\nsource: { path: t.parquet }\ntask: { scarf: { columns: [f0, label] } }\n", "task.scarf.columns"),
     ];
     for (yaml, key) in cases {
         let p = pipeline(t.path(), "bad.yaml", yaml);

@@ -13,6 +13,9 @@ use crate::train::{checkpoint, settings, Trainer};
 /// Steps of the probe's optimiser.
 const ITERATIONS: usize = 300;
 
+/// The most distinct labels a probe takes.
+const MAX_CLASSES: usize = 1000;
+
 /// Fits a linear probe on the frozen encoder of the run in `run_dir` and reports its held-out
 /// accuracy next to the same encoder at initialisation and the majority class.
 pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[String]) -> Result<i32> {
@@ -71,6 +74,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
     trained.model.params.load(&checkpoint_dir.join("model.safetensors"))?;
     let initial = Trainer::new(&plan, &cfg, &device)?;
 
+    let classes = std::cell::RefCell::new(std::collections::BTreeMap::<i64, usize>::new());
     let collect = |split: Split| -> Result<(Labelled, Labelled)> {
         rt.block_on(async {
             let (mut a, mut b) = (Labelled::default(), Labelled::default());
@@ -79,7 +83,9 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
                 let batch = batch?;
                 let labels =
                     batch.column_by_name("label").ok_or_else(|| Error::internal("examples without `label`"))?;
-                let labels = labels.as_primitive::<arrow::datatypes::Int64Type>();
+                let labels = labels
+                    .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                    .ok_or_else(|| Error::data(format!("`label` is {}, not Int64", labels.data_type())))?;
                 let inputs = trained.inputs(&batch)?;
                 let embed = |t: &Trainer| -> Result<(Vec<f32>, usize)> {
                     let f = t
@@ -95,13 +101,15 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
                     if labels.is_null(i) {
                         continue;
                     }
-                    let l = labels.value(i);
-                    let l = usize::try_from(l).ok().filter(|&l| l < 100_000).ok_or_else(|| {
-                        Error::data_hint(
-                            format!("label {l} is not a class id"),
-                            "labels must be whole numbers 0, 1, …, classes − 1; map them in `source.sql`",
-                        )
-                    })?;
+                    // Class ids are remapped to 0..classes in order of first appearance.
+                    let next = classes.borrow().len();
+                    let l = *classes.borrow_mut().entry(labels.value(i)).or_insert(next);
+                    if l >= MAX_CLASSES {
+                        return Err(Error::data_hint(
+                            format!("the label column holds more than {MAX_CLASSES} distinct classes"),
+                            "a linear probe needs class ids; pick a coarser label column",
+                        ));
+                    }
                     for (side, f) in [(&mut a, &fa), (&mut b, &fb)] {
                         side.dim = d;
                         side.features.extend_from_slice(&f[i * d..(i + 1) * d]);
@@ -123,7 +131,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
             "the probe needs labelled rows on both sides of the split (`train.eval.fraction`, default 0.2)",
         ));
     }
-    let classes = train_t.labels.iter().chain(&test_t.labels).max().map_or(0, |m| m + 1);
+    let classes = classes.borrow().len();
     if classes < 2 {
         return Err(Error::data("every row has the same label: there is nothing to classify"));
     }

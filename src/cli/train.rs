@@ -36,13 +36,14 @@ pub fn run(file: &Path, run_dir: Option<PathBuf>, resume: bool, quiet: bool, set
     };
     let eval = report.eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default();
     eprintln!(
-        "trained steps {}..{} of {} on {} in {:.1}s: {loss}{eval}; {} tokens/s; waited for data {:.1}% of the time",
+        "trained steps {}..{} of {} on {} in {:.1}s: {loss}{eval}; {} {}/s; waited for data {:.1}% of the time",
         report.start_step + 1,
         report.start_step + report.steps,
         cfg.steps,
         report.device,
         report.seconds,
         human(report.tokens as f64 / report.seconds.max(1e-9)),
+        crate::train::unit(&plan.pipeline.spec.task),
         100.0 * report.data_wait_share()
     );
     if let Some(c) = &report.checkpoint {

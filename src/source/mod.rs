@@ -132,7 +132,8 @@ impl ImageKind {
     /// The Arrow type the scan casts the column to.
     pub fn data_type(&self) -> DataType {
         match self {
-            ImageKind::Encoded => DataType::Binary,
+            // 64-bit offsets: a batch of large JPEGs can pass 2 GiB.
+            ImageKind::Encoded => DataType::LargeBinary,
             ImageKind::U8 => DataType::List(Arc::new(Field::new("item", DataType::UInt8, true))),
             ImageKind::F32 => DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
         }

@@ -352,6 +352,16 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
                     format!("patch_size {} does not divide image.size {}", t.patch_size, t.image.size),
                     Some("MAE uses 224-pixel images and 16-pixel patches (196 patches)".into()),
                 ));
+            } else {
+                let n = ((t.image.size / t.patch_size) as u64).pow(2);
+                let masked = (t.mask_ratio * n as f64).round() as u64;
+                if masked == 0 || masked >= n {
+                    issues.push(Issue::at(
+                        &p(&["task", "mae", "mask_ratio"]),
+                        format!("mask_ratio {} of {n} patches masks {masked}: at least one patch must be hidden and one kept", t.mask_ratio),
+                        Some("MAE masks 0.75 of the patches; use smaller patches for small images".into()),
+                    ));
+                }
             }
         }
         TaskSpec::DenoiseImage(t) => {
@@ -483,6 +493,13 @@ fn table_rules(columns: &[String], categorical: &[String], task: &str, issues: &
     }
     let mut seen = std::collections::HashSet::new();
     for c in columns {
+        if c == "example_key" || c == "label" {
+            issues.push(Issue::at(
+                &at("columns"),
+                format!("`{c}` is a name pretext gives its own column"),
+                Some(format!("rename it in `source.sql` (e.g. `SELECT {c} AS {c}_value, … FROM source`)")),
+            ));
+        }
         if !seen.insert(c) {
             issues.push(Issue::at(&at("columns"), format!("column `{c}` is listed twice"), None));
         }

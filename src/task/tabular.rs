@@ -79,7 +79,9 @@ impl Reservoir {
 
     fn skip(&mut self) {
         let u = open01(&mut self.rng);
-        self.next += (u.ln() / (1.0 - self.w).ln()).floor() as u64 + 1;
+        let skip = (u.ln() / (-self.w).ln_1p()).floor();
+        self.next =
+            self.next.saturating_add(if skip.is_finite() { skip as u64 } else { u64::MAX / 2 }).saturating_add(1);
     }
 
     pub fn push(&mut self, v: f64) {
@@ -171,10 +173,11 @@ impl Observer for MarginalObserver {
     fn observe(&mut self, batch: &RecordBatch) -> Result<Observed> {
         for (name, r) in self.columns.iter().zip(self.reservoirs.iter_mut()) {
             let col = feature(batch, name)?;
+            // NaN and infinities count as missing, like nulls.
             if col.null_count() == 0 {
-                col.values().iter().for_each(|&v| r.push(v));
+                col.values().iter().filter(|v| v.is_finite()).for_each(|&v| r.push(v));
             } else {
-                col.iter().flatten().for_each(|v| r.push(v));
+                col.iter().flatten().filter(|v| v.is_finite()).for_each(|v| r.push(v));
             }
         }
         Ok(Arc::new(Marginals::of(&self.reservoirs, &self.categorical)))
@@ -262,8 +265,10 @@ impl Task for Tabular {
             let mut rng = cx.rng(key);
             match (exact, self.corruption) {
                 (Some(k), _) => {
-                    // Partial Fisher-Yates: the first k of a random order.
+                    // Partial Fisher-Yates: the first k of a random order (from the identity for
+                    // every row, so a row's choice depends on its key alone).
                     chosen.fill(false);
+                    order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
                     for i in 0..k {
                         let j = rng.random_range(i..c);
                         order.swap(i, j);
@@ -275,18 +280,24 @@ impl Task for Tabular {
             }
             for j in 0..c {
                 let col = cols[j];
-                let is_missing = col.is_null(row);
+                let is_missing = col.is_null(row) || !col.value(row).is_finite();
                 let v = if is_missing { m.fill[j] } else { col.value(row) };
                 let x = scale(j, v);
                 features.push(x);
                 missing.push(is_missing);
-                cmask.push(chosen[j]);
-                corrupted.push(if chosen[j] {
+                let y = if chosen[j] {
                     let pool = &m.values[j];
                     scale(j, if pool.is_empty() { m.fill[j] } else { pool[rng.random_range(0..pool.len())] })
                 } else {
                     x
+                };
+                // SCARF's mask is the chosen set; VIME's target is where the value changed
+                // (`m_new = 1 · (x ≠ x̃)` in the reference code).
+                cmask.push(match self.corruption {
+                    Corruption::Exact(_) => chosen[j],
+                    Corruption::Bernoulli(_) => chosen[j] && y != x,
                 });
+                corrupted.push(y);
             }
         }
         let mut columns = vec![
@@ -307,6 +318,7 @@ impl Task for Tabular {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::TaskContext;
     use rand::SeedableRng;
 
     #[test]
@@ -327,6 +339,31 @@ mod tests {
         // Expected 2,000 each (200 seeds × 100 slots × 10%); allow ±10%.
         assert!((1800..2200).contains(&early), "early {early}");
         assert!((1800..2200).contains(&late), "late {late}");
+    }
+
+    #[test]
+    fn non_finite_values_are_imputed_and_flagged_like_nulls() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("example_key", DataType::UInt64, false),
+            Field::new("a", DataType::Float64, true),
+            Field::new("b", DataType::Float64, true),
+        ]));
+        let a = Float64Array::from(vec![Some(1.0), Some(f64::NAN), None, Some(3.0), Some(f64::INFINITY)]);
+        let b = Float64Array::from(vec![Some(f64::NAN), Some(2.0), Some(2.0), Some(5.0), Some(2.0)]);
+        let keys: Vec<u64> = (0..5).collect();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(UInt64Array::from(keys.clone())), Arc::new(a), Arc::new(b)])
+                .unwrap();
+        for categorical in [vec![], vec!["b".to_string()]] {
+            let t = Tabular::new(vec!["a".into(), "b".into()], &categorical, Corruption::Exact(0.5), 16, true, false);
+            let out = t.apply(&batch, &keys, &TaskContext { seed: 1, epoch: 0 }).unwrap();
+            let missing = crate::task::vision::bool_values(&out, "missing_mask").unwrap();
+            // Row-major: (a, b) per row.
+            assert_eq!(missing, vec![false, true, true, false, true, false, false, false, true, false]);
+            let f = crate::task::vision::f32_values(&out, "features").unwrap();
+            let c = crate::task::vision::f32_values(&out, "corrupted").unwrap();
+            assert!(f.iter().chain(c).all(|v| v.is_finite()), "{f:?} {c:?}");
+        }
     }
 
     #[test]

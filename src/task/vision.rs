@@ -83,7 +83,7 @@ impl ImageReader {
     pub fn image(&self, col: &dyn Array, row: usize) -> std::result::Result<Image, String> {
         let img = match self.kind {
             ImageKind::Encoded => {
-                let bytes = col.as_binary_opt::<i32>().ok_or("the image column is not binary")?.value(row);
+                let bytes = col.as_binary_opt::<i64>().ok_or("the image column is not binary")?.value(row);
                 return Image::decode(bytes, self.channels);
             }
             ImageKind::U8 | ImageKind::F32 => {
@@ -260,7 +260,9 @@ impl Mae {
     }
 }
 
-/// MAE's random masking for `n` patches with `masked` of them hidden: a random permutation
+/// MAE's random masking (as in facebookresearch/mae, except that exactly `masked` =
+/// `round(mask_ratio · n)` patches are hidden where the reference keeps `int(n · (1 − ratio))`)
+/// for `n` patches: a random permutation
 /// (`ids_shuffle`; the first `n - masked` are kept), its inverse (`ids_restore`) and the mask.
 pub fn random_masking(n: usize, masked: usize, rng: &mut impl Rng, ids_restore: &mut Vec<i32>, mask: &mut Vec<bool>) {
     let mut shuffle: Vec<u32> = (0..n as u32).collect();

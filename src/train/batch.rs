@@ -257,7 +257,14 @@ pub fn to_inputs(
             let pixels = image("pixel_values", c, s)?;
             let (restore_ids, n) = list_column(batch, "ids_restore")?;
             let mask = crate::task::vision::bool_values(batch, "mask")?;
+            if mask.len() != rows * n {
+                return Err(Error::data(format!(
+                    "`mask` holds {} values per row and `ids_restore` {n}: they must agree",
+                    mask.len() / rows.max(1)
+                )));
+            }
             let masked_n = mask.iter().take(n).filter(|&&m| m).count();
+            let mut seen = vec![false; n];
             let keep_n = n - masked_n;
             let (mut keep, mut masked, mut restore) =
                 (Vec::with_capacity(rows * keep_n), Vec::with_capacity(rows * masked_n), Vec::with_capacity(rows * n));
@@ -268,11 +275,14 @@ pub fn to_inputs(
                 if m.iter().filter(|&&x| x).count() != masked_n {
                     return Err(Error::data("every row of an MAE batch must mask the same number of patches"));
                 }
+                seen.fill(false);
                 for (p, &rank) in ids.iter().enumerate() {
-                    let rank = usize::try_from(rank)
-                        .ok()
-                        .filter(|&k| k < n)
-                        .ok_or_else(|| Error::data(format!("`ids_restore` holds {rank}, outside 0..{n}")))?;
+                    let rank = usize::try_from(rank).ok().filter(|&k| k < n && !seen[k]).ok_or_else(|| {
+                        Error::data(format!(
+                            "`ids_restore` holds {rank}, which is outside 0..{n} or repeated: it must be a permutation"
+                        ))
+                    })?;
+                    seen[rank] = true;
                     if m[p] != (rank >= keep_n) {
                         return Err(Error::data(
                             "`mask` and `ids_restore` disagree: masked patches are the ones ranked last",

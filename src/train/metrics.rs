@@ -17,7 +17,8 @@ pub struct Record {
     pub lr: f64,
     /// Global gradient norm before clipping, at this step.
     pub grad_norm: f64,
-    /// Token positions per second over the window (waiting included).
+    /// Token positions per second over the window (waiting included); images (every view) per
+    /// second for image tasks, rows per second for table tasks.
     pub tokens_per_s: f64,
     /// Seconds spent waiting for data in the window.
     pub data_wait_s: f64,

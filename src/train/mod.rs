@@ -131,6 +131,23 @@ pub struct Trainer {
     pub step: u64,
 }
 
+/// What `tokens_per_s` counts for a task: tokens, images (every view) or table rows.
+pub fn unit(task: &crate::spec::TaskSpec) -> &'static str {
+    match task.input() {
+        crate::spec::TaskInput::Text => "tokens",
+        crate::spec::TaskInput::Image => "images",
+        crate::spec::TaskInput::Table => "rows",
+    }
+}
+
+fn unit_short(task: &crate::spec::TaskSpec) -> &'static str {
+    match unit(task) {
+        "tokens" => "tok",
+        "images" => "img",
+        other => other,
+    }
+}
+
 /// The default contrastive temperature of a task's recipe.
 pub fn default_temperature(task: &crate::spec::TaskSpec) -> f64 {
     match task {
@@ -538,11 +555,12 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
                 metrics.write(&r)?;
                 metrics.flush()?;
                 let msg = format!(
-                    "loss {:.4}{} lr {:.2e} | {} tok/s | data wait {:.1}%",
+                    "loss {:.4}{} lr {:.2e} | {} {}/s | data wait {:.1}%",
                     r.loss,
                     r.eval_loss.map(|e| format!(" (eval {e:.4})")).unwrap_or_default(),
                     r.lr,
                     human(r.tokens_per_s),
+                    unit_short(&plan.pipeline.spec.task),
                     100.0 * r.data_wait_s / (r.data_wait_s + r.compute_s).max(1e-9)
                 );
                 if opts.progress_bar {

@@ -30,35 +30,25 @@ impl Image {
         &mut self.data[ch * n..(ch + 1) * n]
     }
 
-    /// Decodes PNG or JPEG bytes into `channels` (1: luma, 3: RGB) planes.
+    /// Decodes PNG or JPEG bytes into `channels` (1: ITU-R 601 luma, 3: RGB) planes.
     pub fn decode(bytes: &[u8], channels: usize) -> std::result::Result<Image, String> {
         let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
         let (w, h) = (img.width() as usize, img.height() as usize);
         if w == 0 || h == 0 {
             return Err("the image is empty".into());
         }
-        let mut out = Image::new(channels, h, w);
         let n = h * w;
-        match channels {
-            1 => {
-                let luma = img.to_luma8();
-                for (o, &p) in out.data.iter_mut().zip(luma.as_raw()) {
-                    *o = p as f32 * (1.0 / 255.0);
-                }
-            }
-            _ => {
-                let rgb = img.to_rgb8();
-                let raw = rgb.as_raw();
-                let (r, rest) = out.data.split_at_mut(n);
-                let (g, b) = rest.split_at_mut(n);
-                for (i, px) in raw.chunks_exact(3).enumerate() {
-                    r[i] = px[0] as f32 * (1.0 / 255.0);
-                    g[i] = px[1] as f32 * (1.0 / 255.0);
-                    b[i] = px[2] as f32 * (1.0 / 255.0);
-                }
-            }
+        let mut out = Image::new(3, h, w);
+        let rgb = img.to_rgb8();
+        let (r, rest) = out.data.split_at_mut(n);
+        let (g, b) = rest.split_at_mut(n);
+        for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+            r[i] = px[0] as f32 * (1.0 / 255.0);
+            g[i] = px[1] as f32 * (1.0 / 255.0);
+            b[i] = px[2] as f32 * (1.0 / 255.0);
         }
-        Ok(out)
+        // Grey through the same ITU-R 601 luma as pixel arrays and the augmentations.
+        out.with_channels(channels).map_err(|e| e.to_string())
     }
 
     /// An image from planar `u8` pixels (`0..=255`).
@@ -142,10 +132,13 @@ fn taps(size: usize, offset: f64, span: f64, out: usize) -> Taps {
     let max = (support.ceil() as usize) * 2 + 1;
     let mut t =
         Taps { start: Vec::with_capacity(out), len: Vec::with_capacity(out), max, weights: vec![0.0; out * max] };
+    // Only pixels inside the span are read, as when cropping first and resizing after.
+    let first = (offset.floor().max(0.0) as usize).min(size - 1);
+    let end = ((offset + span).ceil() as usize).clamp(first + 1, size);
     for i in 0..out {
         let center = offset + (i as f64 + 0.5) * scale;
-        let lo = ((center - support).floor().max(0.0) as usize).min(size - 1);
-        let hi = ((center + support).ceil() as usize).min(size).max(lo + 1);
+        let lo = ((center - support).floor().max(first as f64) as usize).min(end - 1);
+        let hi = ((center + support).ceil() as usize).min(end).max(lo + 1);
         let ws = &mut t.weights[i * max..(i + 1) * max];
         let mut total = 0.0;
         let mut n = 0;
@@ -158,7 +151,7 @@ fn taps(size: usize, offset: f64, span: f64, out: usize) -> Taps {
         }
         if total <= 0.0 {
             // The centre lies outside every pixel's support (only at the very border): nearest.
-            let nearest = (center.floor().max(0.0) as usize).min(size - 1);
+            let nearest = (center.floor().max(first as f64) as usize).min(end - 1);
             t.start.push(nearest);
             t.len.push(1);
             ws[0] = 1.0;

@@ -215,7 +215,8 @@ impl Vit {
     }
 
     /// MAE: the mean squared error on the masked patches (per-patch normalised targets when
-    /// `norm_pix`), and the encoder's pooled kept tokens.
+    /// `norm_pix`). Patches are channel-major `(c, p, p)` (HuggingFace ViTMAE's `decoder_pred`
+    /// orders them `(p, p, c)`, so that one weight does not transfer as is).
     pub fn mae_loss(
         &self,
         images: &Tensor,
