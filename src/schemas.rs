@@ -132,39 +132,36 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ),
         (
             "tasks/scarf.json",
-            task_doc_sized(
+            tabular_doc(
                 "scarf",
-                "Tabular corruption (SCARF: exactly round(corruption_rate · columns) features per row; VIME: each feature with mask_prob) with replacements drawn from each column's empirical marginal, a seeded reservoir sample of the stream; `vime` has the same columns",
-                tabular::output_schema(16, true),
-                &[
-                    ("features", "the row's features in `columns` order, as f32; nulls imputed (numeric: the reservoir median; categorical: its most frequent code); standardised with the reservoir's mean and std when `standardize`"),
-                    ("corrupted", "features with the corrupted positions replaced by values drawn from the same column"),
-                    ("corruption_mask", "true where the feature was replaced (VIME's mask-estimation target)"),
-                    ("missing_mask", "true where the source value was null (and imputed)"),
-                    ("label", "the source's `label_column`, when set; nullable"),
-                ],
-                "columns",
-                &[],
+                "SCARF tabular corruption: exactly round(corruption_rate · columns) features per row (chosen from the example key alone) replaced by values drawn from each column's empirical marginal, a seeded reservoir sample of the stream",
             ),
         ),
         (
             "tasks/vime.json",
-            task_doc_sized(
+            tabular_doc(
                 "vime",
                 "VIME tabular corruption: each feature replaced with probability mask_prob by a value drawn from its column's empirical marginal (a seeded reservoir sample of the stream); the same columns as `scarf`",
-                tabular::output_schema(16, true),
-                &[
-                    ("features", "the row's features in `columns` order, as f32; nulls imputed (numeric: the reservoir median; categorical: its most frequent code); standardised with the reservoir's mean and std when `standardize`"),
-                    ("corrupted", "features with the corrupted positions replaced by values drawn from the same column"),
-                    ("corruption_mask", "true where the feature was replaced (VIME's mask-estimation target)"),
-                    ("missing_mask", "true where the source value was null (and imputed)"),
-                    ("label", "the source's `label_column`, when set; nullable"),
-                ],
-                "columns",
-                &[],
             ),
         ),
     ]
+}
+
+fn tabular_doc(task: &str, description: &str) -> String {
+    task_doc_sized(
+        task,
+        description,
+        tabular::output_schema(16, true),
+        &[
+            ("features", "the row's features in `columns` order, as f32; nulls, NaN and infinities imputed (numeric: the reservoir median; categorical: its most frequent code); numeric columns standardised with the reservoir's mean and std when `standardize`"),
+            ("corrupted", "features with the corrupted positions replaced by values drawn from the same column"),
+            ("corruption_mask", "scarf: true where the feature was chosen for replacement; vime: true where the value changed (the mask-estimation target, 1·(x ≠ x̃))"),
+            ("missing_mask", "true where the source value was null or not finite (and imputed)"),
+            ("label", "the source's `label_column`, when set; nullable"),
+        ],
+        "columns",
+        &[],
+    )
 }
 
 fn task_doc(task: &str, description: &str, schema: SchemaRef, notes: &[(&str, &str)]) -> String {

@@ -13,7 +13,7 @@ pub mod vision;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Int32Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Int32Type, SchemaRef};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -83,6 +83,11 @@ pub fn fixed_list_field(name: &str, width: usize) -> Field {
 
 /// The flat values of a `FixedSizeList<Int32>` column.
 pub fn list_values<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i32]> {
+    primitive_list_values::<Int32Type>(batch, name)
+}
+
+/// The flat values of a non-null `FixedSizeList` column of primitive `T`.
+pub fn primitive_list_values<'a, T: ArrowPrimitiveType>(batch: &'a RecordBatch, name: &str) -> Result<&'a [T::Native]> {
     let col = batch
         .column_by_name(name)
         .ok_or_else(|| Error::internal(format!("column `{name}` missing from task input")))?;
@@ -91,8 +96,8 @@ pub fn list_values<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i32]> 
     })?;
     let values = list
         .values()
-        .as_primitive_opt::<Int32Type>()
-        .ok_or_else(|| Error::internal(format!("column `{name}` does not hold Int32")))?;
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| Error::internal(format!("column `{name}` does not hold {}", T::DATA_TYPE)))?;
     let start = list.offset() * list.value_length() as usize;
     Ok(&values.values()[start..start + list.len() * list.value_length() as usize])
 }

@@ -421,16 +421,7 @@ impl Task for DenoiseImage {
 
 /// The values of a `FixedSizeList<Float32>` column.
 pub fn f32_values<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [f32]> {
-    let col = batch.column_by_name(name).ok_or_else(|| Error::internal(format!("column `{name}` missing")))?;
-    let list = col.as_fixed_size_list_opt().ok_or_else(|| {
-        Error::internal(format!("column `{name}` is {}, expected a fixed-size list", col.data_type()))
-    })?;
-    let values = list
-        .values()
-        .as_primitive_opt::<Float32Type>()
-        .ok_or_else(|| Error::internal(format!("column `{name}` does not hold Float32")))?;
-    let start = list.offset() * list.value_length() as usize;
-    Ok(&values.values()[start..start + list.len() * list.value_length() as usize])
+    super::primitive_list_values::<Float32Type>(batch, name)
 }
 
 /// The values of a `FixedSizeList<Boolean>` column.

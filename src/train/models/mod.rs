@@ -204,20 +204,12 @@ impl Model {
             (Net::Views(m), Inputs::Images { views }) => {
                 let z = views.iter().map(|v| m.project(v, fwd)).collect::<Result<Vec<_>>>()?;
                 // All pairs of views (two views: SimCLR's NT-Xent).
-                let mut total: Option<Tensor> = None;
-                let mut pairs = 0;
-                for i in 0..z.len() {
-                    for j in i + 1..z.len() {
-                        let l = nt_xent(&z[i], &z[j], temperature)?;
-                        total = Some(match total {
-                            None => l,
-                            Some(t) => (t + l).map_err(ce)?,
-                        });
-                        pairs += 1;
-                    }
-                }
-                let total = total.ok_or_else(|| Error::internal("fewer than two views"))?;
-                (total / pairs as f64).map_err(ce)
+                let n = z.len();
+                mean_of(
+                    (0..n)
+                        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+                        .map(|(i, j)| nt_xent(&z[i], &z[j], temperature)),
+                )
             }
             (Net::Byol { online, predictor, target }, Inputs::Images { views }) => {
                 // Each view's prediction against the target's projection of every other view.
@@ -227,22 +219,12 @@ impl Model {
                     .iter()
                     .map(|v| target.project(v, &Fwd::eval()).map(|t| t.detach()))
                     .collect::<Result<Vec<_>>>()?;
-                let mut total: Option<Tensor> = None;
-                let mut terms = 0;
-                for (i, pi) in p.iter().enumerate() {
-                    for (j, zj) in z.iter().enumerate() {
-                        if i != j {
-                            let l = byol_loss(pi, zj)?;
-                            total = Some(match total {
-                                None => l,
-                                Some(t) => (t + l).map_err(ce)?,
-                            });
-                            terms += 1;
-                        }
-                    }
-                }
-                let total = total.ok_or_else(|| Error::internal("fewer than two views"))?;
-                (total / terms as f64).map_err(ce)
+                let n = views.len();
+                mean_of(
+                    (0..n)
+                        .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+                        .map(|(i, j)| byol_loss(&p[i], &z[j])),
+                )
             }
             (Net::Vit(m), Inputs::Mae { pixels, keep, masked, restore, .. }) => {
                 m.mae_loss(pixels, keep, masked, restore, objective.norm_pix_loss, fwd)
@@ -284,6 +266,21 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     }
     let logits = logits.to_dtype(DType::F32).map_err(ce)?;
     candle_nn::loss::cross_entropy(&logits, targets).map_err(ce)
+}
+
+/// The mean of a non-empty series of scalar losses.
+fn mean_of(losses: impl Iterator<Item = Result<Tensor>>) -> Result<Tensor> {
+    let (mut total, mut n): (Option<Tensor>, usize) = (None, 0);
+    for l in losses {
+        let l = l?;
+        total = Some(match total {
+            None => l,
+            Some(t) => (t + l).map_err(ce)?,
+        });
+        n += 1;
+    }
+    let total = total.ok_or_else(|| Error::internal("a loss over fewer than two views"))?;
+    (total / n as f64).map_err(ce)
 }
 
 /// The prefix of BYOL's target-network parameters.
