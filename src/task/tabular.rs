@@ -114,35 +114,40 @@ impl Reservoir {
 pub struct Marginals {
     /// Sampled non-null values per column (empty when the column had none yet).
     pub values: Vec<Vec<f64>>,
-    /// The imputation value per column.
-    pub fill: Vec<f64>,
+    pub categorical: Vec<bool>,
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
 }
 
 impl Marginals {
     fn of(reservoirs: &[Reservoir], categorical: &[bool]) -> Marginals {
-        let mut m = Marginals::default();
-        for (r, &cat) in reservoirs.iter().zip(categorical) {
+        let mut m = Marginals { categorical: categorical.to_vec(), ..Default::default() };
+        for r in reservoirs {
             let v = r.values.clone();
             let n = v.len().max(1) as f64;
             let mean = v.iter().sum::<f64>() / n;
             let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-            let fill = if v.is_empty() {
-                0.0
-            } else if cat {
-                mode(&v)
-            } else {
-                let mut s = v.clone();
-                let mid = s.len() / 2;
-                *s.select_nth_unstable_by(mid, f64::total_cmp).1
-            };
             m.values.push(v);
-            m.fill.push(fill);
             m.mean.push(mean);
             m.std.push(if var > 1e-24 { var.sqrt() } else { 1.0 });
         }
         m
+    }
+
+    /// The imputation value of column `j`: the sample's median (numeric) or most frequent
+    /// value (categorical); 0 before the column has shown any value. Computed when a batch
+    /// first needs it, on the worker, not in the sequential stage.
+    pub fn fill(&self, j: usize) -> f64 {
+        let v = &self.values[j];
+        if v.is_empty() {
+            0.0
+        } else if self.categorical[j] {
+            mode(v)
+        } else {
+            let mut s = v.clone();
+            let mid = s.len() / 2;
+            *s.select_nth_unstable_by(mid, f64::total_cmp).1
+        }
     }
 }
 
@@ -259,6 +264,8 @@ impl Task for Tabular {
             }
         };
         let exact = self.exact_count();
+        let mut fills: Vec<Option<f64>> = vec![None; c];
+        let mut fill = |j: usize| *fills[j].get_or_insert_with(|| m.fill(j));
         let mut order: Vec<usize> = (0..c).collect();
         let mut chosen = vec![false; c];
         for (row, &key) in keys.iter().enumerate() {
@@ -281,13 +288,13 @@ impl Task for Tabular {
             for j in 0..c {
                 let col = cols[j];
                 let is_missing = col.is_null(row) || !col.value(row).is_finite();
-                let v = if is_missing { m.fill[j] } else { col.value(row) };
+                let v = if is_missing { fill(j) } else { col.value(row) };
                 let x = scale(j, v);
                 features.push(x);
                 missing.push(is_missing);
                 let y = if chosen[j] {
                     let pool = &m.values[j];
-                    scale(j, if pool.is_empty() { m.fill[j] } else { pool[rng.random_range(0..pool.len())] })
+                    scale(j, if pool.is_empty() { fill(j) } else { pool[rng.random_range(0..pool.len())] })
                 } else {
                     x
                 };

@@ -37,7 +37,8 @@ pub fn f32_list_field(name: &str, width: usize) -> Field {
 /// A non-null `FixedSizeList<Boolean>` column of `width`.
 pub fn bool_list(values: Vec<bool>, width: usize) -> ArrayRef {
     let field = Arc::new(Field::new("item", DataType::Boolean, false));
-    Arc::new(FixedSizeListArray::new(field, width as i32, Arc::new(BooleanArray::from(values)), None))
+    let bits = arrow::buffer::BooleanBuffer::collect_bool(values.len(), |i| values[i]);
+    Arc::new(FixedSizeListArray::new(field, width as i32, Arc::new(BooleanArray::new(bits, None)), None))
 }
 
 pub fn bool_list_field(name: &str, width: usize) -> Field {
