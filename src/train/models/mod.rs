@@ -108,6 +108,11 @@ impl Model {
         let mut params = Params::new(seed, device, dtype);
         let sizes = spec.sizes().unwrap_or_default();
         let net = match (spec, kind) {
+            (ModelSpec::Encoder(e), TaskKind::Mlm | TaskKind::Contrastive) => {
+                Net::Encoder(Encoder::new(&mut params, &sizes, e.pooling, vocab, max_len)?)
+            }
+            (ModelSpec::Decoder(s), TaskKind::Causal) => Net::Decoder(Decoder::new(&mut params, s, vocab, max_len)?),
+            (ModelSpec::Seq2seq(s), TaskKind::Seq2seq) => Net::Seq2seq(Seq2seq::new(&mut params, s, vocab)?),
             (ModelSpec::Vit(_) | ModelSpec::Cnn(_), TaskKind::ImageViews { c, s }) => match byol {
                 None => Net::Views(Backbone::new(&mut params, spec, c, s)?),
                 Some(b) => {
