@@ -102,6 +102,18 @@ fn table(dir: &Path, rows: usize) {
     write(&dir.join("table.parquet"), &[batch]);
 }
 
+/// Reads the source alone (no task); returns the rows.
+fn scan_rows(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> usize {
+    rt.block_on(async {
+        let mut s = plan.source.scan(pretext::source::Shard::WHOLE, Default::default());
+        let mut n = 0;
+        while let Some(b) = s.next().await {
+            n += b.unwrap().num_rows();
+        }
+        n
+    })
+}
+
 /// Drains one epoch of the pipeline; returns the examples.
 fn drain(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> usize {
     rt.block_on(async {
@@ -193,18 +205,7 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
-    g.bench_function("pixels224_read_alone", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut s = read.source.scan(pretext::source::Shard::WHOLE, Default::default());
-                let mut rows = 0;
-                while let Some(b) = s.next().await {
-                    rows += b.unwrap().num_rows();
-                }
-                assert_eq!(rows, n);
-            })
-        })
-    });
+    g.bench_function("pixels224_read_alone", |b| b.iter(|| assert_eq!(scan_rows(&rt, &read), n)));
 
     let rows = 500_000;
     table(dir.path(), rows);
@@ -216,18 +217,7 @@ fn bench(c: &mut Criterion) {
     let scarf = build(&rt, dir.path(), &yaml);
     g.throughput(Throughput::Elements(rows as u64));
     g.bench_function("scarf_16cols", |b| b.iter(|| assert_eq!(drain(&rt, &scarf), rows)));
-    g.bench_function("table_read_alone", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut s = scarf.source.scan(pretext::source::Shard::WHOLE, Default::default());
-                let mut n = 0;
-                while let Some(b) = s.next().await {
-                    n += b.unwrap().num_rows();
-                }
-                assert_eq!(n, rows);
-            })
-        })
-    });
+    g.bench_function("table_read_alone", |b| b.iter(|| assert_eq!(scan_rows(&rt, &scarf), rows)));
     g.finish();
 }
 

@@ -245,26 +245,16 @@ fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer, source: &Source) -
             );
             return Ok(record_task(Arc::new(task), spec));
         }
-        TaskSpec::Scarf(t) => {
-            let task = Tabular::new(
-                t.columns.clone(),
-                &t.categorical,
-                Corruption::Exact(t.corruption_rate),
-                t.reservoir as usize,
-                t.standardize,
-                label,
-            );
-            return Ok(record_task(Arc::new(task), spec));
-        }
-        TaskSpec::Vime(t) => {
-            let task = Tabular::new(
-                t.columns.clone(),
-                &t.categorical,
-                Corruption::Bernoulli(t.mask_prob),
-                t.reservoir as usize,
-                t.standardize,
-                label,
-            );
+        TaskSpec::Scarf(_) | TaskSpec::Vime(_) => {
+            let (categorical, corruption, reservoir, standardize) = match spec {
+                TaskSpec::Scarf(t) => {
+                    (&t.categorical, Corruption::Exact(t.corruption_rate), t.reservoir, t.standardize)
+                }
+                TaskSpec::Vime(t) => (&t.categorical, Corruption::Bernoulli(t.mask_prob), t.reservoir, t.standardize),
+                _ => unreachable!("matched above"),
+            };
+            let columns = spec.table_columns().to_vec();
+            let task = Tabular::new(columns, categorical, corruption, reservoir as usize, standardize, label);
             return Ok(record_task(Arc::new(task), spec));
         }
         _ => {}

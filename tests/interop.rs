@@ -24,6 +24,17 @@ fn python_ready() -> bool {
     ready
 }
 
+/// Runs python3 offline with `args`, its HuggingFace cache in `dir`.
+fn python(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("python3")
+        .args(args)
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", dir.join("hf"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn python_loads_the_export() {
     if !python_ready() {
@@ -39,15 +50,8 @@ fn python_loads_the_export() {
     let o = pretext(&["export", p.to_str().unwrap(), "--out", "out", "--quiet"], t.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let script = repo().join("tests/interop/check_export.py");
-    let o = Command::new("python3")
-        .arg(script)
-        .arg(t.path().join("out"))
-        .arg("48")
-        .env("HF_DATASETS_OFFLINE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", t.path().join("hf"))
-        .output()
-        .unwrap();
+    let out = t.path().join("out");
+    let o = python(t.path(), &[script.as_os_str(), out.as_os_str(), "48".as_ref()]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("ok: pyarrow and datasets read"), "{}", stdout(&o));
 }
@@ -111,14 +115,8 @@ assert imgs.shape == (4, 3, 16, 16) and imgs.dtype == np.float32
 assert (b["mask"].sum(axis=1) == 12).all()
 print("ok: image export", len(ds))
 "#;
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .arg(t.path().join("out"))
-        .env("HF_DATASETS_OFFLINE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", t.path().join("hf"))
-        .output()
-        .unwrap();
+    let out = t.path().join("out");
+    let o = python(t.path(), &["-c".as_ref(), script.as_ref(), out.as_os_str()]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("ok: image export 12"), "{}", stdout(&o));
 }

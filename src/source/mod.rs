@@ -440,10 +440,8 @@ impl Source {
             order,
             next_file: 0,
             current: None,
-            ordinal: 0,
-            shard,
+            sharder: Sharder { ordinal: 0, shard, split: opts.split },
             count: opts.count,
-            split: opts.split,
             examples,
         };
         let stream = futures::stream::try_unfold(state, |mut st| async move {
@@ -592,12 +590,30 @@ struct ScanState {
     order: Vec<usize>,
     next_file: usize,
     current: Option<(SendableRecordBatchStream, usize, u64)>,
-    ordinal: u64,
-    shard: Shard,
+    sharder: Sharder,
     count: bool,
-    split: Split,
     /// `Some(task schema)` when reading ready-made examples.
     examples: Option<SchemaRef>,
+}
+
+/// Which rows belong to this split and shard: the shard takes every `world_size`-th row of the
+/// split, counted in scan order.
+struct Sharder {
+    ordinal: u64,
+    shard: Shard,
+    split: Split,
+}
+
+impl Sharder {
+    /// Whether the next row that passed the filters belongs to this split and shard.
+    fn mine(&mut self, key: u64) -> bool {
+        if !self.split.contains(key) {
+            return false;
+        }
+        let mine = self.ordinal % self.shard.world_size == self.shard.rank;
+        self.ordinal += 1;
+        mine
+    }
 }
 
 impl ScanState {
@@ -617,12 +633,7 @@ impl ScanState {
         })?;
         let mut keep = Vec::with_capacity(batch.num_rows());
         for &k in keys.values().iter() {
-            let ok = self.split.contains(k) && {
-                let mine = self.ordinal % self.shard.world_size == self.shard.rank;
-                self.ordinal += 1;
-                mine
-            };
-            keep.push(ok);
+            keep.push(self.sharder.mine(k));
         }
         if self.count {
             self.source.stats.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -658,22 +669,12 @@ impl ScanState {
         })
     }
 
-    /// Whether the next row that passed the filters belongs to this split and shard.
-    fn mine(&mut self, key: u64) -> bool {
-        if !self.split.contains(key) {
-            return false;
-        }
-        let mine = self.ordinal % self.shard.world_size == self.shard.rank;
-        self.ordinal += 1;
-        mine
-    }
-
     /// Image and table rows: keys, null-image filtering, split and shard, columns cast to
     /// [`Source::scan_schema`].
     fn records(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
         let n = batch.num_rows();
         let keys = self.keys(batch, fi, row)?;
-        let src = self.source.clone();
+        let src = &self.source;
         let schema = src.scan_schema();
         let column = |name: &str| {
             batch
@@ -712,7 +713,7 @@ impl ScanState {
                 nulls += 1;
                 false
             } else {
-                self.mine(key)
+                self.sharder.mine(key)
             };
             docs += ok as u64;
             keep.push(ok);
@@ -740,14 +741,14 @@ impl ScanState {
 
     /// Keys, blank/null filtering and sharding for one batch of file `fi` starting at `row`.
     fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
-        let src = self.source.clone();
+        let keys = self.keys(batch, fi, row)?;
+        let src = &self.source;
         let n = batch.num_rows();
         let text = batch.column_by_name(&src.text_column).ok_or_else(|| {
             Error::data(format!("column `{}` disappeared from `{}`", src.text_column, src.files[fi].relative))
         })?;
         let text = arrow::compute::cast(text, &DataType::Utf8View)?;
         let text = text.as_string_view();
-        let keys = self.keys(batch, fi, row)?;
         let mut keep = Vec::with_capacity(n);
         let (mut nulls, mut blanks, mut docs) = (0u64, 0u64, 0u64);
         for (i, &key) in keys.iter().enumerate() {
@@ -758,7 +759,7 @@ impl ScanState {
                 blanks += 1;
                 false
             } else {
-                let mine = self.mine(key);
+                let mine = self.sharder.mine(key);
                 docs += mine as u64;
                 mine
             };
