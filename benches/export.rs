@@ -81,8 +81,7 @@ fn bench(c: &mut Criterion) {
     let plan = rt.block_on(Plan::build(pipeline.clone(), &BuildOptions::default())).unwrap();
     // Token count of one export, for the throughput figure.
     let out = scratch.path().join("probe");
-    let report =
-        rt.block_on(export(plan.clone(), &ExportOptions { dir: out, resume: false, progress_bar: false })).unwrap();
+    let report = rt.block_on(export(plan.clone(), &ExportOptions::local(out))).unwrap();
     let texts: Vec<String> = rt.block_on(pretext::plan::sample_texts(&plan.source, usize::MAX)).unwrap();
     let workers = plan.workers;
 
@@ -94,8 +93,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             run += 1;
             let dir = scratch.path().join(format!("run{run}"));
-            rt.block_on(export(plan.clone(), &ExportOptions { dir: dir.clone(), resume: false, progress_bar: false }))
-                .unwrap();
+            rt.block_on(export(plan.clone(), &ExportOptions::local(dir.clone()))).unwrap();
             std::fs::remove_dir_all(dir).unwrap();
         })
     });

@@ -100,7 +100,13 @@ fn main() {
     let (mut live, mut memory, mut wait) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         let run = tmp.path().join(format!("run{rep}"));
-        let opts = TrainOptions { run_dir: run.clone(), resume: false, progress_bar: false, log_lines: false };
+        let opts = TrainOptions {
+            run_dir: run.clone(),
+            resume: false,
+            allow_new_data: false,
+            progress_bar: false,
+            log_lines: false,
+        };
         let report = train(&rt, plan.clone(), &opts).unwrap();
         // Step time from the metrics (excludes start-up and the final checkpoint write).
         let records = pretext::train::metrics::read(&run).unwrap();

@@ -25,7 +25,16 @@ use crate::vision::{IMAGENET_MEAN, IMAGENET_STD};
 /// Everything a run needs, resolved.
 pub struct Plan {
     pub pipeline: Pipeline,
+    /// The single source, or the first member of a mixture.
     pub source: Source,
+    /// Every source: one, or the members of a mixture in the order written.
+    pub sources: Vec<Source>,
+    /// The mixture weights, normalised to sum to 1 (`[1.0]` for a single source).
+    pub weights: Vec<f64>,
+    /// How a mixture ends.
+    pub stop: crate::spec::MixtureStop,
+    /// Examples delivered per member of a mixture.
+    pub mix_counts: Arc<crate::stream::MixCounts>,
     pub tokenizer: TextTokenizer,
     pub task: Arc<dyn Task>,
     pub seed: u64,
@@ -87,14 +96,34 @@ fn resolve_shard(pipeline: &Pipeline) -> Result<Shard> {
 impl Plan {
     /// Resolves the pipeline: lists and checks the source, builds the tokenizer and the task.
     pub async fn build(pipeline: Pipeline, opts: &BuildOptions) -> Result<Arc<Plan>> {
-        let source = Source::open(&pipeline).await?;
+        let members = pipeline.spec.members();
+        let mut sources = Vec::with_capacity(members.len());
+        for m in &members {
+            sources.push(Source::open(&pipeline, m).await?);
+        }
+        let source = sources[0].clone();
+        for (m, s) in members.iter().zip(&sources).skip(1) {
+            let pretext = |s: &Source| s.format == crate::spec::Format::Pretext;
+            if pretext(s) != pretext(&source) || s.image_kind != source.image_kind {
+                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(
+                    &m.key("format"),
+                    format!("{} is read differently from the first source (ready-made examples, or how images are stored)", m.label()),
+                    Some("mix sources of one kind: all raw data or all `format: pretext` exports, images stored the same way".into()),
+                )])));
+            }
+        }
+        let total: f64 = members.iter().map(|m| m.weight).sum();
+        let weights: Vec<f64> = members.iter().map(|m| m.weight / total).collect();
         let shard = resolve_shard(&pipeline)?;
-        let (tokenizer, tokenizer_file) = build_tokenizer(&pipeline, &source, opts).await?;
+        let (tokenizer, tokenizer_file) = build_tokenizer(&pipeline, &sources, &weights, opts).await?;
         let stream = &pipeline.spec.stream;
         let built = build_task(&pipeline, &tokenizer, &source)?;
-        if source.format == crate::spec::Format::Pretext {
-            source.check_examples(&pipeline, &built.task.output_schema()).await?;
+        for s in &sources {
+            if s.format == crate::spec::Format::Pretext {
+                s.check_examples(&pipeline, &built.task.output_schema()).await?;
+            }
         }
+        let mix_counts = Arc::new(crate::stream::MixCounts::new(sources.len()));
         Ok(Arc::new(Plan {
             seed: pipeline.spec.seed,
             epochs: stream.epochs,
@@ -112,8 +141,31 @@ impl Plan {
             tokenizer,
             tokenizer_file,
             source,
+            sources,
+            weights,
+            stop: pipeline.spec.mixture.as_ref().map(|m| m.stop).unwrap_or_default(),
+            mix_counts,
             pipeline,
         }))
+    }
+}
+
+impl Plan {
+    /// What data the run reads (see [`Source::identity`]); one entry per mixture member.
+    pub fn data_identity(&self) -> serde_json::Value {
+        if self.sources.len() == 1 {
+            return self.source.identity();
+        }
+        serde_json::Value::Array(
+            self.sources
+                .iter()
+                .map(|s| {
+                    let mut v = s.identity();
+                    v["name"] = s.name.clone().into();
+                    v
+                })
+                .collect(),
+        )
     }
 }
 
@@ -204,10 +256,10 @@ pub fn view_recipes(t: &crate::spec::ContrastiveImageSpec) -> Vec<ViewAugment> {
 
 fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer, source: &Source) -> Result<BuiltTask> {
     let spec = &pipeline.spec.task;
-    let label = pipeline.spec.source.label_column.is_some();
+    let label = pipeline.spec.primary_source().label_column.is_some();
     let reader = |channels: u32| ImageReader {
         kind: source.image_kind.unwrap_or(ImageKind::Encoded),
-        shape: pipeline.spec.source.image_shape.map(|[c, h, w]| [c as usize, h as usize, w as usize]),
+        shape: pipeline.spec.primary_source().image_shape.map(|[c, h, w]| [c as usize, h as usize, w as usize]),
         channels: channels as usize,
         stats: source.stats.clone(),
     };
@@ -374,9 +426,11 @@ fn build_task(pipeline: &Pipeline, tokenizer: &TextTokenizer, source: &Source) -
 
 async fn build_tokenizer(
     pipeline: &Pipeline,
-    source: &Source,
+    sources: &[Source],
+    weights: &[f64],
     opts: &BuildOptions,
 ) -> Result<(TextTokenizer, Option<PathBuf>)> {
+    let source = &sources[0];
     match &pipeline.spec.tokenizer {
         TokenizerSpec::Bytes(_) => Ok((TextTokenizer::bytes(), None)),
         TokenizerSpec::File(f) => {
@@ -419,7 +473,12 @@ async fn build_tokenizer(
                 tok.description = tok.hf().map(describe).unwrap_or_default();
                 return Ok((tok, Some(p.clone())));
             }
-            let texts = sample_texts(source, t.sample_rows as usize).await?;
+            // A mixture trains on each source's share of the sample.
+            let mut texts = Vec::new();
+            for (s, w) in sources.iter().zip(weights) {
+                let n = ((t.sample_rows as f64) * w).ceil() as usize;
+                texts.extend(sample_texts(s, n).await?);
+            }
             let tok = tokio::task::spawn_blocking({
                 let t = t.clone();
                 move || train_tokenizer(&t, &texts)

@@ -234,7 +234,13 @@ fn a_tiny_model_learns_on_the_quickstart_data() {
     p.spec.stream.batch_size = 16;
     let build = BuildOptions { tokenizer_dir: Some(dir.path().to_path_buf()), ..Default::default() };
     let plan = rt.block_on(Plan::build(p, &build)).unwrap();
-    let opts = TrainOptions { run_dir: dir.path().join("run"), resume: false, progress_bar: false, log_lines: false };
+    let opts = TrainOptions {
+        run_dir: dir.path().join("run"),
+        resume: false,
+        allow_new_data: false,
+        progress_bar: false,
+        log_lines: false,
+    };
     let report = train(&rt, plan, &opts).unwrap();
     let (first, last) = (report.first_loss.unwrap(), report.last_loss.unwrap());
     assert_eq!(report.steps, 100);

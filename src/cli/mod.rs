@@ -54,6 +54,9 @@ pub enum Command {
         /// Continue an interrupted export in the same directory.
         #[arg(long)]
         resume: bool,
+        /// With `--resume`: continue although the source data changed (e.g. a new Delta version).
+        #[arg(long, requires = "resume")]
+        allow_new_data: bool,
         /// Do not draw a progress bar.
         #[arg(long)]
         quiet: bool,
@@ -69,6 +72,9 @@ pub enum Command {
         /// Continue from the newest checkpoint in the run directory.
         #[arg(long)]
         resume: bool,
+        /// With `--resume`: continue although the source data changed (e.g. a new Delta version).
+        #[arg(long, requires = "resume")]
+        allow_new_data: bool,
         /// No progress bar or log lines.
         #[arg(long)]
         quiet: bool,
@@ -110,8 +116,12 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate { files, sets } => validate::run(&files, &sets),
         Command::Preview { file, n, out, sets } => preview::run(&file, n, out.as_deref(), &sets),
-        Command::Export { file, out, resume, quiet, sets } => export::run(&file, out, resume, quiet, &sets),
-        Command::Train { file, run_dir, resume, quiet, sets } => train::run(&file, run_dir, resume, quiet, &sets),
+        Command::Export { file, out, resume, allow_new_data, quiet, sets } => {
+            export::run(&file, out, resume, allow_new_data, quiet, &sets)
+        }
+        Command::Train { file, run_dir, resume, allow_new_data, quiet, sets } => {
+            train::run(&file, run_dir, resume, allow_new_data, quiet, &sets)
+        }
         Command::Plot { run_dir } => plot::run(&run_dir),
         Command::Probe { run_dir, label_column, max_rows, sets } => {
             probe::run(&run_dir, label_column.as_deref(), max_rows, &sets)

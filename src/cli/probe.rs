@@ -59,7 +59,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
             "probes work on the image and table tasks (contrastive_image, mae, denoise_image, scarf, vime)",
         ));
     }
-    if pipeline.spec.source.label_column.is_none() {
+    if pipeline.spec.primary_source().label_column.is_none() {
         return Err(Error::env_hint(
             "the run's pipeline has no `source.label_column`",
             "name the column holding the class ids: `pretext probe <run> --label-column label`",
@@ -146,7 +146,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
     let report = serde_json::json!({
         "checkpoint": checkpoint_dir.display().to_string(),
         "step": step,
-        "label_column": plan.pipeline.spec.source.label_column,
+        "label_column": plan.pipeline.spec.primary_source().label_column,
         "classes": classes,
         "train_rows": train_t.len(),
         "test_rows": test_t.len(),
@@ -161,7 +161,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
         .map_err(|e| Error::io(&out, "write", e))?;
     println!(
         "linear probe on `{}` ({classes} classes, {} features): held-out accuracy {:.3} with the encoder at step {step}, {:.3} at initialisation, {:.3} for the majority class ({} rows fitted, {} held out)",
-        plan.pipeline.spec.source.label_column.as_deref().unwrap_or("label"),
+        plan.pipeline.spec.primary_source().label_column.as_deref().unwrap_or("label"),
         train_t.dim,
         acc_t,
         acc_i,

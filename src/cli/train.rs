@@ -7,7 +7,14 @@ use crate::sink::progress::human;
 use crate::train::{settings, train, TrainOptions};
 
 /// Trains on the pipeline's stream; prints a summary on stderr.
-pub fn run(file: &Path, run_dir: Option<PathBuf>, resume: bool, quiet: bool, sets: &[String]) -> Result<i32> {
+pub fn run(
+    file: &Path,
+    run_dir: Option<PathBuf>,
+    resume: bool,
+    allow_new_data: bool,
+    quiet: bool,
+    sets: &[String],
+) -> Result<i32> {
     let mut pipeline = crate::spec::load(file, sets)?;
     if let Some(rows) = pipeline.spec.train.as_ref().and_then(|t| t.batch_size) {
         pipeline.spec.stream.batch_size = rows;
@@ -23,8 +30,13 @@ pub fn run(file: &Path, run_dir: Option<PathBuf>, resume: bool, quiet: bool, set
     let build = BuildOptions { tokenizer_dir: Some(dir.clone()), reuse_tokenizer: resume, check_only: false };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;
     let terminal = std::io::stderr().is_terminal();
-    let opts =
-        TrainOptions { run_dir: dir.clone(), resume, progress_bar: !quiet && terminal, log_lines: !quiet && !terminal };
+    let opts = TrainOptions {
+        run_dir: dir.clone(),
+        resume,
+        allow_new_data,
+        progress_bar: !quiet && terminal,
+        log_lines: !quiet && !terminal,
+    };
     let report = train(&rt, plan.clone(), &opts)?;
     if report.steps == 0 {
         return Ok(0);

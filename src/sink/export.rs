@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,16 +22,18 @@ use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
-use super::manifest::{describe_schema, hf_metadata, Part, Progress, MANIFEST, PROGRESS};
+use super::manifest::{describe_schema, hf_metadata, Part, Progress};
 use super::progress::Meter;
+pub use super::target::{OutputState, Target, STAGING};
 use crate::error::{Error, Result};
-use crate::plan::{write_atomic, Plan};
+use crate::plan::Plan;
 use crate::spec::Compression;
 
 /// What an export did.
 #[derive(Debug, Clone)]
 pub struct ExportReport {
-    pub dir: PathBuf,
+    /// The destination, as written by the user.
+    pub dir: String,
     pub rows: u64,
     pub tokens: u64,
     pub parts: usize,
@@ -43,115 +45,52 @@ pub struct ExportReport {
 /// Options from the command line.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    pub dir: PathBuf,
+    pub target: Target,
     pub resume: bool,
+    /// `--allow-new-data`: resume although the source data changed (a new Delta version).
+    pub allow_new_data: bool,
     pub progress_bar: bool,
+}
+
+impl ExportOptions {
+    /// A fresh export into a local directory, with no progress bar.
+    pub fn local(dir: impl Into<PathBuf>) -> ExportOptions {
+        ExportOptions { target: Target::Local(dir.into()), resume: false, allow_new_data: false, progress_bar: false }
+    }
 }
 
 fn part_name(i: usize) -> String {
     format!("part-{i:05}.parquet")
 }
 
-/// The hidden directory holding an export in progress.
-pub const STAGING: &str = ".pretext-partial";
-
-/// What the output directory holds before an export starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputState {
-    /// Nothing yet; `created` when the directory does not exist (removed again on failure).
-    Fresh { created: bool },
-    /// An interrupted export to continue (`--resume`).
-    Interrupted,
-    /// A finished export (`--resume` on it is a no-op once its fingerprint matches).
-    Finished,
-}
-
-/// Checks the output directory before anything is built: refuses a file, a finished or
-/// interrupted export without `--resume`, and a non-empty directory.
-pub fn prepare_dir(dir: &Path, resume: bool) -> Result<OutputState> {
-    if dir.is_file() {
-        return Err(Error::env_hint(
-            format!("the output `{}` is a file, not a directory", dir.display()),
-            "choose another `export.path` or `--out DIR`",
-        ));
-    }
-    if !dir.exists() {
-        return Ok(OutputState::Fresh { created: true });
-    }
-    let finished = dir.join(MANIFEST).is_file();
-    let interrupted = dir.join(STAGING).join(PROGRESS).is_file();
-    match (finished, interrupted, resume) {
-        (true, _, true) => Ok(OutputState::Finished),
-        (true, _, false) => Err(Error::env_hint(
-            format!("`{}` already holds a finished export", dir.display()),
-            "delete it, or export to another directory with `--out DIR`",
-        )),
-        (false, true, true) => Ok(OutputState::Interrupted),
-        (false, true, false) => Err(Error::env_hint(
-            format!("`{}` holds an interrupted export", dir.display()),
-            "continue it with `--resume`, or delete the directory",
-        )),
-        (false, false, _) if dir_has_data(dir)? => Err(Error::env_hint(
-            format!("the output directory `{}` is not empty", dir.display()),
-            "export into a new or empty directory (`--out DIR`)",
-        )),
-        (false, false, _) => Ok(OutputState::Fresh { created: false }),
-    }
-}
-
-fn dir_has_data(dir: &Path) -> Result<bool> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
-    Ok(entries.filter_map(|e| e.ok()).any(|e| {
-        let n = e.file_name().to_string_lossy().to_string();
-        n != STAGING && n != "tokenizer.json" && !(n.starts_with('.') && n.ends_with(".tmp"))
-    }))
-}
-
-fn remove_temporaries(dir: &Path) -> Result<()> {
-    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?.filter_map(|e| e.ok()) {
-        let n = e.file_name().to_string_lossy().to_string();
-        if n.starts_with('.') && n.ends_with(".tmp") {
-            std::fs::remove_file(e.path()).map_err(|err| Error::io(&e.path(), "remove", err))?;
-        }
-    }
-    Ok(())
-}
-
 /// Everything that decides the exported bytes, hashed: the pipeline's content, the export
 /// settings (not the path), the tokenizer file, the source files and sizes, and the shard.
 pub fn fingerprint(plan: &Plan) -> String {
+    fingerprint_of(plan, true)
+}
+
+/// [`fingerprint`] without the source data: what must match for `--allow-new-data`.
+pub fn settings_fingerprint(plan: &Plan) -> String {
+    fingerprint_of(plan, false)
+}
+
+fn fingerprint_of(plan: &Plan, with_data: bool) -> String {
     let mut export = serde_json::to_value(&plan.pipeline.spec.export).unwrap_or_default();
     if let Some(o) = export.as_object_mut() {
         o.remove("path");
+        o.remove("storage_options");
     }
-    let files: Vec<_> = plan.source.files.iter().map(|f| json!([f.relative, f.bytes])).collect();
-    let v = json!({
+    let mut v = json!({
         "pipeline": format!("{:016x}", plan.pipeline.content_hash()),
         "export": export,
         "tokenizer": plan.tokenizer.file_hash,
-        "files": files,
         "shard": [plan.shard.rank, plan.shard.world_size],
         "format": crate::sink::FORMAT_VERSION,
     });
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(crate::spec::canonical_json(&v).as_bytes()))
-}
-
-/// Checks the finished parts of an interrupted export against their recorded hashes; each may
-/// be in the staging directory or, if a crash hit the final moves, already in `dir`.
-fn verify_parts(dir: &Path, staging: &Path, parts: &[Part]) -> Result<()> {
-    for p in parts {
-        let path = [staging.join(&p.file), dir.join(&p.file)].into_iter().find(|c| c.is_file());
-        let ok = path.as_ref().and_then(|path| std::fs::read(path).ok()).is_some_and(|bytes| {
-            bytes.len() as u64 == p.bytes && format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)) == p.xxh3
-        });
-        if !ok {
-            return Err(Error::env_hint(
-                format!("part `{}` of the interrupted export in `{}` is missing or changed", p.file, dir.display()),
-                "delete the output directory and export again",
-            ));
-        }
+    if with_data {
+        v["data"] = plan.data_identity();
     }
-    Ok(())
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(crate::spec::canonical_json(&v).as_bytes()))
 }
 
 /// Top-level fields whose values differ between two resolved pipelines (dotted paths).
@@ -211,9 +150,12 @@ struct PartWriter {
     writer: ArrowWriter<File>,
     rows: u64,
     tokens: u64,
+    /// Rows per mixture member.
+    sources: std::collections::BTreeMap<String, u64>,
 }
 
 struct Writer {
+    target: Target,
     dir: PathBuf,
     schema: SchemaRef,
     props: WriterProperties,
@@ -232,13 +174,13 @@ impl Writer {
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
             .map_err(|e| Error::internal(format!("parquet writer: {e}")))?;
-        self.current = Some(PartWriter { index, tmp, writer, rows: 0, tokens: 0 });
+        self.current = Some(PartWriter { index, tmp, writer, rows: 0, tokens: 0, sources: Default::default() });
         Ok(())
     }
 
     /// Buffers rows and writes them in chunks that start at fixed offsets inside the part, so a
     /// resumed export calls the Parquet writer with the same slices as an uninterrupted one.
-    fn push(&mut self, mut batch: RecordBatch) -> Result<()> {
+    async fn push(&mut self, mut batch: RecordBatch) -> Result<()> {
         while batch.num_rows() > 0 {
             if self.current.is_none() {
                 self.open_part()?;
@@ -253,7 +195,7 @@ impl Writer {
             if self.pending_rows == target {
                 self.flush_chunk()?;
                 if self.current.as_ref().is_some_and(|p| p.rows == self.rows_per_file) {
-                    self.close_part()?;
+                    self.close_part().await?;
                 }
             }
         }
@@ -271,10 +213,23 @@ impl Writer {
         part.writer.write(&chunk).map_err(|e| Error::env(format!("writing `{}`: {e}", part.tmp.display())))?;
         part.rows += chunk.num_rows() as u64;
         part.tokens += tokens_in(&chunk);
+        if let Some(d) =
+            chunk.column_by_name("source").and_then(|c| c.as_dictionary_opt::<arrow::datatypes::Int16Type>())
+        {
+            // Keys index this chunk's dictionary (concatenation may have merged several).
+            let mut per_key = vec![0u64; d.values().len()];
+            for &k in d.keys().values().iter() {
+                per_key[k as usize] += 1;
+            }
+            let names = d.values().as_string::<i32>();
+            for (k, n) in per_key.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                *part.sources.entry(names.value(k).to_string()).or_default() += n;
+            }
+        }
         Ok(())
     }
 
-    fn close_part(&mut self) -> Result<()> {
+    async fn close_part(&mut self) -> Result<()> {
         self.flush_chunk()?;
         let Some(part) = self.current.take() else { return Ok(()) };
         let file =
@@ -282,50 +237,83 @@ impl Writer {
         file.sync_all().map_err(|e| Error::io(&part.tmp, "sync", e))?;
         let name = part_name(part.index);
         let bytes = std::fs::read(&part.tmp).map_err(|e| Error::io(&part.tmp, "read back", e))?;
-        let fin = self.dir.join(&name);
-        std::fs::rename(&part.tmp, &fin).map_err(|e| Error::io(&fin, "rename into", e))?;
-        self.progress.parts.push(Part {
-            file: name,
+        let done = Part {
+            file: name.clone(),
             rows: part.rows,
             tokens: part.tokens,
+            sources: part.sources,
             bytes: bytes.len() as u64,
             xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
-        });
-        self.progress.write(&self.dir)
+        };
+        self.target.store_part(&name, &part.tmp, bytes).await?;
+        self.progress.parts.push(done);
+        self.target.save_progress(&self.progress).await
     }
 }
 
 /// Share of `input_ids` positions that are padding, for tasks with one attention mask.
 pub fn padding_share(plan: &Plan, rows: u64, tokens: u64) -> Option<f64> {
-    let schema = plan.task.output_schema();
+    let schema = plan.output_schema();
     let single = schema.fields().iter().filter(|f| f.name().starts_with("attention_mask")).count() == 1;
     let capacity = rows * plan.seq_len as u64;
     (single && capacity > 0).then(|| 1.0 - tokens as f64 / capacity as f64)
 }
 
+/// A mixture's members: name, weight, examples exported, what each read (`null` for one source).
+fn mixture_summary(plan: &Plan, parts: &[Part]) -> serde_json::Value {
+    if plan.sources.len() < 2 {
+        return serde_json::Value::Null;
+    }
+    let rows: u64 = parts.iter().map(|p| p.rows).sum();
+    plan.sources
+        .iter()
+        .zip(&plan.weights)
+        .map(|(s, w)| {
+            let name = s.name.clone().unwrap_or_default();
+            let examples: u64 = parts.iter().map(|p| p.sources.get(&name).copied().unwrap_or(0)).sum();
+            json!({
+                "name": name,
+                "weight": w,
+                "examples": examples,
+                "share": if rows > 0 { examples as f64 / rows as f64 } else { 0.0 },
+                "root": s.root.display().to_string(),
+                "format": format!("{:?}", s.format).to_lowercase(),
+                "delta_version": s.delta.as_ref().map(|d| d.version),
+                "files": s.files,
+                "stats": s.stats.snapshot(),
+            })
+        })
+        .collect()
+}
+
 /// Runs the plan's stream into Parquet parts and a manifest.
 pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportReport> {
     let started = Instant::now();
-    let dir = opts.dir.clone();
-    let staging = dir.join(STAGING);
+    let target = &opts.target;
     let hash = format!("{:016x}", plan.pipeline.content_hash());
     let fingerprint = fingerprint(&plan);
+    let settings = settings_fingerprint(&plan);
+    let data = plan.data_identity();
     let resolved = plan.pipeline.resolved_json();
-    let state = prepare_dir(&dir, opts.resume)?;
+    if plan.sources.len() > 1 && plan.stop == crate::spec::MixtureStop::Cycle {
+        return Err(Error::Spec(crate::spec::SpecErrors(vec![plan.pipeline.error_at(
+            &["mixture", "stop"],
+            "`stop: cycle` never ends, so there is nothing to finish exporting",
+            Some("export with `first_exhausted` or `all_exhausted`; `cycle` is for training".into()),
+        )])));
+    }
+    let state = target.state(opts.resume).await?;
     let done_parts = match state {
         OutputState::Finished => {
-            let m: serde_json::Value = std::fs::read(dir.join(MANIFEST))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+            let m = target.manifest().await?;
             if m["fingerprint"].as_str() != Some(fingerprint.as_str()) {
                 return Err(Error::env_hint(
-                    format!("`{}` holds a finished export of a different pipeline or data", dir.display()),
+                    format!("`{}` holds a finished export of a different pipeline or data", target.name()),
                     "export to another directory with `--out DIR`",
                 ));
             }
             return Ok(ExportReport {
-                dir,
+                dir: target.name(),
                 rows: 0,
                 tokens: 0,
                 parts: 0,
@@ -335,62 +323,69 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
             });
         }
         OutputState::Interrupted => {
-            let progress = Progress::read(&staging)?.ok_or_else(|| Error::internal("progress file vanished"))?;
+            let progress = target.progress().await?.ok_or_else(|| Error::internal("progress file vanished"))?;
             if progress.fingerprint != fingerprint {
-                let mut changed = diff_fields(&progress.pipeline, &resolved);
-                if progress.pipeline == resolved {
-                    changed = vec!["the source files, the tokenizer file or the shard".into()];
+                let same_settings = progress.settings_fingerprint == settings;
+                if same_settings && opts.allow_new_data {
+                    eprintln!(
+                        "note: the source data changed ({}); continuing with the new data (`--allow-new-data`)",
+                        crate::source::describe_data_change(&progress.data, &data)
+                    );
+                } else if same_settings {
+                    return Err(Error::env_hint(
+                        format!(
+                            "the source data changed since the export in `{}` started: {}",
+                            target.name(),
+                            crate::source::describe_data_change(&progress.data, &data)
+                        ),
+                        "pass `--allow-new-data` to continue with the new data (finished parts keep the old), pin the data (`source.version` for Delta), or export to a new directory",
+                    ));
+                } else {
+                    let mut changed = diff_fields(&progress.pipeline, &resolved);
+                    if progress.pipeline == resolved {
+                        changed = vec!["the tokenizer file or the shard".into()];
+                    }
+                    return Err(Error::env_hint(
+                        format!(
+                            "`{}` was exported by a different pipeline (changed: {})",
+                            target.name(),
+                            changed.join(", ")
+                        ),
+                        "resume with the same pipeline, overrides and data, or export to a new directory",
+                    ));
                 }
-                return Err(Error::env_hint(
-                    format!(
-                        "`{}` was exported by a different pipeline (changed: {})",
-                        dir.display(),
-                        changed.join(", ")
-                    ),
-                    "resume with the same pipeline, overrides and data, or export to a new directory",
-                ));
             }
-            verify_parts(&dir, &staging, &progress.parts)?;
-            remove_temporaries(&staging)?;
+            target.verify_parts(&progress.parts).await?;
             progress.parts
         }
         OutputState::Fresh { .. } => Vec::new(),
     };
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, "create directory", e))?;
+    target.prepare_work_dir()?;
     let resumed_parts = done_parts.len();
     let progress = Progress {
         pipeline_hash: hash.clone(),
         fingerprint: fingerprint.clone(),
+        settings_fingerprint: settings.clone(),
+        data: data.clone(),
         pipeline: resolved.clone(),
         parts: done_parts,
     };
-    let result = write_parts(&plan, opts, &staging, progress).await;
+    let result = write_parts(&plan, opts, progress).await;
     let parts = match result {
         Ok(parts) => parts,
         Err((e, finished)) => {
             if finished == 0 {
-                // Nothing worth resuming: leave the directory as it was.
-                let _ = std::fs::remove_dir_all(&staging);
-                if state == (OutputState::Fresh { created: true }) {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
+                // Nothing worth resuming: leave the destination as it was.
+                target.discard(&state).await;
             } else {
                 eprintln!(
                     "note: {finished} finished part(s) are kept in `{}`: fix the problem and run again with `--resume`",
-                    staging.display()
+                    target.staging_name()
                 );
             }
             return Err(e);
         }
     };
-    // Publish: parts move out of staging, then the manifest, then staging goes away.
-    for p in &parts {
-        let from = staging.join(&p.file);
-        if from.is_file() {
-            let to = dir.join(&p.file);
-            std::fs::rename(&from, &to).map_err(|e| Error::io(&to, "rename into", e))?;
-        }
-    }
     let rows: u64 = parts.iter().map(|p| p.rows).sum();
     let tokens: u64 = parts.iter().map(|p| p.tokens).sum();
     let tok = &plan.tokenizer;
@@ -399,6 +394,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
         "name": plan.pipeline.spec.name,
         "pipeline_hash": hash,
         "fingerprint": fingerprint,
+        "settings_fingerprint": settings,
         "seed": plan.seed,
         "pipeline": resolved,
         "shard": {"rank": plan.shard.rank, "world_size": plan.shard.world_size},
@@ -412,20 +408,22 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
         "source": {
             "root": plan.source.root.display().to_string(),
             "format": format!("{:?}", plan.source.format).to_lowercase(),
+            "delta_version": plan.source.delta.as_ref().map(|d| d.version),
+            "data": data,
             "files": plan.source.files,
             "stats": plan.source.stats.snapshot(),
         },
-        "schema": describe_schema(&plan.task.output_schema()),
+        "sources": mixture_summary(&plan, &parts),
+        "schema": describe_schema(&plan.output_schema()),
         "rows": rows,
         "tokens": tokens,
         "padding_share": padding_share(&plan, rows, tokens),
         "parts": parts,
     });
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(Error::internal)?;
-    write_atomic(&dir.join(MANIFEST), &bytes)?;
-    std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, "remove", e))?;
+    target.publish(&parts, &bytes).await?;
     Ok(ExportReport {
-        dir,
+        dir: target.name(),
         rows,
         tokens,
         parts: parts.len(),
@@ -440,11 +438,10 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
 async fn write_parts(
     plan: &Arc<Plan>,
     opts: &ExportOptions,
-    staging: &Path,
     progress: Progress,
 ) -> std::result::Result<Vec<Part>, (Error, usize)> {
     let spec = &plan.pipeline.spec.export;
-    let task_schema = plan.task.output_schema();
+    let task_schema = plan.output_schema();
     let mut metadata: HashMap<String, String> = task_schema.metadata().clone();
     metadata.insert("huggingface".into(), hf_metadata(&task_schema));
     let schema: SchemaRef = Arc::new(Schema::new_with_metadata(task_schema.fields().clone(), metadata));
@@ -465,7 +462,8 @@ async fn write_parts(
     let width = plan.seq_len.max(1);
     let chunk = (spec.row_group_rows as usize).min(spec.rows_per_file as usize).min((1 << 22) / width).max(1);
     let mut writer = Writer {
-        dir: staging.to_path_buf(),
+        target: opts.target.clone(),
+        dir: opts.target.work_dir(),
         schema: schema.clone(),
         props,
         rows_per_file: spec.rows_per_file,
@@ -478,7 +476,7 @@ async fn write_parts(
     let meter = Meter::new(opts.progress_bar, "exporting");
     let mut stream = plan.stream();
     let result: Result<()> = async {
-        writer.progress.write(staging)?;
+        opts.target.save_progress(&writer.progress).await?;
         while let Some(batch) = stream.next().await {
             let mut batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())?;
             if skip > 0 {
@@ -490,9 +488,9 @@ async fn write_parts(
                 continue;
             }
             meter.add(batch.num_rows() as u64, tokens_in(&batch));
-            writer.push(batch)?;
+            writer.push(batch).await?;
         }
-        writer.close_part()
+        writer.close_part().await
     }
     .await;
     match result {

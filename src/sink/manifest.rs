@@ -18,6 +18,9 @@ pub struct Part {
     pub file: String,
     pub rows: u64,
     pub tokens: u64,
+    /// Rows per mixture member.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<String, u64>,
     pub bytes: u64,
     /// xxh3-64 of the file's bytes, hex.
     pub xxh3: String,
@@ -29,6 +32,12 @@ pub struct Progress {
     pub pipeline_hash: String,
     /// See [`crate::sink::export::fingerprint`].
     pub fingerprint: String,
+    /// The fingerprint without the source data (see `export::settings_fingerprint`).
+    #[serde(default)]
+    pub settings_fingerprint: String,
+    /// What the source data was (`Source::identity`).
+    #[serde(default)]
+    pub data: Value,
     pub pipeline: Value,
     pub parts: Vec<Part>,
 }
@@ -65,6 +74,9 @@ pub fn hf_feature(t: &DataType) -> Value {
         }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => json!({"dtype": "string", "_type": "Value"}),
         DataType::Boolean => json!({"dtype": "bool", "_type": "Value"}),
+        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8) => {
+            json!({"dtype": "string", "_type": "Value"})
+        }
         other => json!({"dtype": other.to_string().to_lowercase(), "_type": "Value"}),
     }
 }

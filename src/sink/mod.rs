@@ -4,6 +4,7 @@ pub mod export;
 pub mod manifest;
 pub mod preview;
 pub mod progress;
+pub mod target;
 
 /// Version of the export layout, part of every fingerprint: bump it when the bytes an export
 /// writes for the same input change.

@@ -14,6 +14,16 @@ pub const MLM_LEGEND: &str =
     "legend: [MASK=x] masked (label x) · {y=x} replaced by random y (label x) · (x) kept, still predicted";
 
 /// Renders the MLM examples of `batch` (at most `limit`), numbering from `first`.
+/// ` · source <name>` for an example of a mixture, else nothing.
+fn source_tag(batch: &RecordBatch, row: usize) -> String {
+    let Some(d) = batch.column_by_name("source").and_then(|c| c.as_dictionary_opt::<arrow::datatypes::Int16Type>())
+    else {
+        return String::new();
+    };
+    let Some(values) = d.values().as_string_opt::<i32>() else { return String::new() };
+    format!(" · source {}", values.value(d.keys().value(row) as usize))
+}
+
 pub fn render_mlm(tok: &TextTokenizer, batch: &RecordBatch, first: usize, limit: usize) -> Result<String> {
     let keys = batch.column(0).as_primitive::<UInt64Type>();
     let width = match batch.schema().field_with_name("input_ids")?.data_type() {
@@ -31,9 +41,10 @@ pub fn render_mlm(tok: &TextTokenizer, batch: &RecordBatch, first: usize, limit:
         let real = attention.iter().filter(|&&a| a != 0).count();
         let selected = labels.iter().filter(|&&l| l != IGNORE).count();
         out.push_str(&format!(
-            "--- example {} · example_key {} · {} tokens ({} padding) · {} selected ---\n",
+            "--- example {} · example_key {}{} · {} tokens ({} padding) · {} selected ---\n",
             first + row + 1,
             keys.value(row),
+            source_tag(batch, row),
             width,
             width - real,
             selected
@@ -87,7 +98,12 @@ pub fn render_generic(tok: &TextTokenizer, batch: &RecordBatch, first: usize, li
     let schema = batch.schema();
     let mut out = String::new();
     for row in 0..batch.num_rows().min(limit) {
-        out.push_str(&format!("--- example {} · example_key {} ---\n", first + row + 1, keys.value(row)));
+        out.push_str(&format!(
+            "--- example {} · example_key {}{} ---\n",
+            first + row + 1,
+            keys.value(row),
+            source_tag(batch, row)
+        ));
         let segments = match schema.field_with_name("segment_ids") {
             Ok(f) => match f.data_type() {
                 DataType::FixedSizeList(_, n) => {
@@ -154,7 +170,12 @@ pub fn render_images(batch: &RecordBatch, first: usize, limit: usize) -> Result<
     let cols = image_columns(batch);
     let mut out = String::new();
     for row in 0..batch.num_rows().min(limit) {
-        out.push_str(&format!("--- example {} · example_key {}", first + row + 1, keys.value(row)));
+        out.push_str(&format!(
+            "--- example {} · example_key {}{}",
+            first + row + 1,
+            keys.value(row),
+            source_tag(batch, row)
+        ));
         if let Some(l) = &label {
             if l.is_valid(row) {
                 out.push_str(&format!(" · label {}", l.value(row)));
@@ -193,9 +214,10 @@ pub fn render_table(batch: &RecordBatch, columns: &[String], first: usize, limit
     for row in 0..batch.num_rows().min(limit) {
         let replaced = mask[row * c..(row + 1) * c].iter().filter(|&&m| m).count();
         out.push_str(&format!(
-            "--- example {} · example_key {} · {replaced} of {c} features corrupted ---\n",
+            "--- example {} · example_key {}{} · {replaced} of {c} features corrupted ---\n",
             first + row + 1,
-            keys.value(row)
+            keys.value(row),
+            source_tag(batch, row)
         ));
         out.push_str(&format!("{:<width$}  {:>12}  {:>12}\n", "feature", "value", "corrupted"));
         for (j, name) in columns.iter().enumerate() {

@@ -5,7 +5,9 @@
 //! Output: a [`BatchStream`] with columns `example_key: UInt64` and `text: Utf8View`; rows with a
 //! null or blank text are skipped and counted in [`SourceStats`].
 
+mod delta;
 mod files;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +22,11 @@ use datafusion::prelude::*;
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::spec::{Format, Pipeline, SpecErrors, TaskInput};
+use crate::spec::{Format, Member, Pipeline, SpecErrors, TaskInput};
 use crate::BatchStream;
+pub use delta::Snapshot as DeltaSnapshot;
 pub use files::{format_of, SourceFile};
+pub use store::{connect as connect_store, describe as describe_store_error, is_remote, list as list_store, Remote};
 
 /// Counters of what the source read, shared with the sink for its summary and manifest.
 #[derive(Debug, Default)]
@@ -31,6 +35,10 @@ pub struct SourceStats {
     pub null_text: AtomicU64,
     pub blank_text: AtomicU64,
     pub documents: AtomicU64,
+    /// Files whose rows `source.sql` rules out from their partition values alone: never read.
+    pub files_pruned: AtomicU64,
+    /// Files scanned.
+    pub files_read: AtomicU64,
     /// Image tasks: rows whose image is null (skipped).
     pub null_image: AtomicU64,
     /// Image tasks: images that could not be decoded (skipped), and the first few of them.
@@ -48,6 +56,8 @@ impl SourceStats {
             "skipped_null_text": self.null_text.load(Ordering::Relaxed),
             "skipped_blank_text": self.blank_text.load(Ordering::Relaxed),
             "documents": self.documents.load(Ordering::Relaxed),
+            "files_read": self.files_read.load(Ordering::Relaxed),
+            "files_pruned": self.files_pruned.load(Ordering::Relaxed),
         });
         let (nulls, bad) = (self.null_image.load(Ordering::Relaxed), self.undecodable.load(Ordering::Relaxed));
         if nulls > 0 || bad > 0 {
@@ -85,9 +95,17 @@ impl Shard {
 /// A resolved source: its files in scan order and how to read them.
 #[derive(Debug, Clone)]
 pub struct Source {
+    /// The member's name in a mixture (`None` for a single source).
+    pub name: Option<String>,
+    /// The YAML path of its section (`source` or `sources.<i>`), for errors.
+    at: Vec<String>,
     pub root: PathBuf,
     pub files: Vec<SourceFile>,
     pub format: Format,
+    /// The bucket, when the files are in an object store.
+    pub remote: Option<Remote>,
+    /// The table version read, for Delta tables (its file list is `files`).
+    pub delta: Option<DeltaSnapshot>,
     sql: Option<String>,
     text_column: String,
     key_column: Option<String>,
@@ -179,24 +197,32 @@ fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
-fn new_context() -> SessionContext {
+fn new_context(remote: Option<&Remote>) -> SessionContext {
     // One partition: a file is read front to back, so row order is the file's order.
-    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096));
+    if let Some(r) = remote {
+        ctx.register_object_store(&r.base, r.store.clone());
+    }
+    ctx
 }
 
 impl Source {
     /// Lists the files and checks, before any output exists, that every file can be read and
     /// has the configured columns (and that the SQL plans against it).
-    pub async fn open(pipeline: &Pipeline) -> Result<Source> {
-        let (root, files, format) = files::list(pipeline)?;
-        if matches!(format, Format::Parquet | Format::Pretext) {
+    pub async fn open(pipeline: &Pipeline, member: &Member) -> Result<Source> {
+        let files::Listing { root, files, format, remote, delta } = files::list(pipeline, member).await?;
+        if matches!(format, Format::Parquet | Format::Pretext | Format::Delta) {
             files::check_parquet_footers(&files)?;
         }
-        let spec = &pipeline.spec.source;
+        let spec = &member.spec;
         let mut source = Source {
+            name: member.name.clone(),
+            at: member.at.clone(),
             root,
             files,
             format,
+            remote,
+            delta,
             sql: spec.sql.clone(),
             text_column: spec.text_column.clone(),
             key_column: spec.key_column.clone(),
@@ -211,14 +237,14 @@ impl Source {
             // Checked against the task's schema once the task is built (`check_examples`).
             return Ok(source);
         }
-        let ctx = new_context();
+        let ctx = new_context(source.remote.as_ref());
         let mut errors = Vec::new();
         for f in &source.files {
             let df = match source.frame(&ctx, f).await {
                 Ok(df) => df,
                 Err(FrameError::Sql(msg, columns)) => {
                     errors.push(pipeline.error_at(
-                        &["source", "sql"],
+                        &member.key("sql"),
                         format!("{msg} (planning against `{}`)", f.relative),
                         Some(format!("the table is called `source`; its columns are: {columns}")),
                     ));
@@ -235,13 +261,11 @@ impl Source {
             let columns = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
             match source.input {
                 TaskInput::Text => match schema.fields().iter().find(|fl| fl.name() == &source.text_column) {
-                    None => errors.push(pipeline.error_at(
-                        &["source", "text_column"],
+                    None => errors.push(pipeline.error_at(&member.key("text_column"),
                         format!("column `{}` not found in `{}`", source.text_column, f.relative),
                         Some(format!("the columns are: {}", columns())),
                     )),
-                    Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(
-                        &["source", "text_column"],
+                    Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(&member.key("text_column"),
                         format!("column `{}` in `{}` is {}, not a string column", source.text_column, f.relative, field.data_type()),
                         Some(format!("pick a string column, or cast it in `source.sql` (e.g. `SELECT CAST(x AS VARCHAR) AS text FROM source`); the columns are: {}", columns())),
                     )),
@@ -250,37 +274,32 @@ impl Source {
                 TaskInput::Image => {
                     let col = &source.image_column;
                     match schema.fields().iter().find(|fl| fl.name() == col) {
-                        None => errors.push(pipeline.error_at(
-                            &["source", "image_column"],
+                        None => errors.push(pipeline.error_at(&member.key("image_column"),
                             format!("column `{col}` not found in `{}`", f.relative),
                             Some(format!("name the column holding the images; the columns are: {}", columns())),
                         )),
                         Some(field) => match ImageKind::of(field.data_type()) {
-                            None => errors.push(pipeline.error_at(
-                                &["source", "image_column"],
+                            None => errors.push(pipeline.error_at(&member.key("image_column"),
                                 format!("column `{col}` in `{}` is {}, which holds no images", f.relative, field.data_type()),
                                 Some("images are encoded PNG / JPEG bytes (binary) or planar pixel lists of u8 or float".into()),
                             )),
                             Some(kind) => {
                                 if source.image_kind.is_some_and(|k| k != kind) {
-                                    errors.push(pipeline.error_at(
-                                        &["source", "image_column"],
+                                    errors.push(pipeline.error_at(&member.key("image_column"),
                                         format!("column `{col}` in `{}` is {}, unlike the files before it", f.relative, field.data_type()),
                                         Some("every file must store images the same way".into()),
                                     ));
                                 }
                                 source.image_kind = Some(kind);
-                                let shape = pipeline.spec.source.image_shape;
+                                let shape = member.spec.image_shape;
                                 if kind != ImageKind::Encoded && shape.is_none() {
-                                    errors.push(pipeline.error_at(
-                                        &["source", "image_shape"],
+                                    errors.push(pipeline.error_at(&member.key("image_shape"),
                                         format!("column `{col}` holds pixel arrays ({}), whose shape must be given", field.data_type()),
                                         Some("add `image_shape: [channels, height, width]` to `source` (planar, channel-major)".into()),
                                     ));
                                 }
                                 if kind == ImageKind::Encoded && shape.is_some() {
-                                    errors.push(pipeline.error_at(
-                                        &["source", "image_shape"],
+                                    errors.push(pipeline.error_at(&member.key("image_shape"),
                                         format!("column `{col}` holds encoded images, which carry their own shape"),
                                         Some("remove `image_shape` (it is for pixel arrays)".into()),
                                     ));
@@ -314,12 +333,12 @@ impl Source {
             if let Some(l) = source.label_column.as_ref().filter(|_| source.input != TaskInput::Text) {
                 match schema.fields().iter().find(|fl| fl.name() == l) {
                     None => errors.push(pipeline.error_at(
-                        &["source", "label_column"],
+                        &member.key("label_column"),
                         format!("column `{l}` not found in `{}`", f.relative),
                         Some(format!("the columns are: {}", columns())),
                     )),
                     Some(field) if !is_integer(field.data_type()) => errors.push(pipeline.error_at(
-                        &["source", "label_column"],
+                        &member.key("label_column"),
                         format!("column `{l}` in `{}` is {}, not an integer class id", f.relative, field.data_type()),
                         Some("map the labels to integers in `source.sql`".into()),
                     )),
@@ -329,7 +348,7 @@ impl Source {
             if let Some(k) = &source.key_column {
                 if !schema.fields().iter().any(|fl| fl.name() == k) {
                     errors.push(pipeline.error_at(
-                        &["source", "key_column"],
+                        &member.key("key_column"),
                         format!("column `{k}` not found in `{}`", f.relative),
                         Some(format!("the columns are: {}", columns())),
                     ));
@@ -366,6 +385,18 @@ impl Source {
         Arc::new(Schema::new(fields))
     }
 
+    /// What data the source reads, for resumption checks: a hash of the file names and sizes,
+    /// their count, and the Delta table version.
+    pub fn identity(&self) -> serde_json::Value {
+        let files: Vec<_> = self.files.iter().map(|f| serde_json::json!([f.relative, f.bytes])).collect();
+        let digest = xxhash_rust::xxh3::xxh3_64(serde_json::Value::Array(files).to_string().as_bytes());
+        serde_json::json!({
+            "files": self.files.len(),
+            "files_xxh3": format!("{digest:016x}"),
+            "delta_version": self.delta.as_ref().map(|d| d.version),
+        })
+    }
+
     /// Total size of the input files in bytes.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.bytes).sum()
@@ -375,7 +406,7 @@ impl Source {
         let path = f.path.to_string_lossy().to_string();
         let ext = f.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
         let df = match self.format {
-            Format::Parquet | Format::Pretext => {
+            Format::Parquet | Format::Pretext | Format::Delta => {
                 ctx.read_parquet(path, ParquetReadOptions { file_extension: &ext, ..Default::default() }).await
             }
             Format::Arrow => {
@@ -395,7 +426,20 @@ impl Source {
         let mut df = df;
         for (k, v) in &f.partitions {
             if df.schema().fields().iter().all(|fl| fl.name() != k) {
-                df = df.with_column(k, lit(v.clone())).map_err(FrameError::Read)?;
+                // Delta partition values take the column's type from the table schema.
+                let typed = self.delta.as_ref().and_then(|d| d.schema.field_with_name(k).ok()).map(|field| {
+                    let t = field.data_type();
+                    if v == delta::NULL_PARTITION {
+                        datafusion::scalar::ScalarValue::try_from(t)
+                    } else {
+                        datafusion::scalar::ScalarValue::Utf8(Some(v.clone())).cast_to(t)
+                    }
+                });
+                let value = match typed {
+                    Some(s) => lit(s.map_err(FrameError::Read)?),
+                    None => lit(v.clone()),
+                };
+                df = df.with_column(k, value).map_err(FrameError::Read)?;
             }
         }
         let Some(sql) = &self.sql else { return Ok(df) };
@@ -436,7 +480,7 @@ impl Source {
         }
         let state = ScanState {
             source: self.clone(),
-            ctx: new_context(),
+            ctx: new_context(self.remote.as_ref()),
             order,
             next_file: 0,
             current: None,
@@ -484,6 +528,20 @@ impl Source {
                     }
                     FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
                 })?;
+                if st.source.sql.is_some() && !f.partitions.is_empty() {
+                    let plan = df.clone().into_optimized_plan().map_err(|e| {
+                        Error::data(format!("`source.sql` on `{}`: {}", f.relative, e.strip_backtrace()))
+                    })?;
+                    if provably_empty(&plan) {
+                        if st.count {
+                            st.source.stats.files_pruned.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                }
+                if st.count {
+                    st.source.stats.files_read.fetch_add(1, Ordering::Relaxed);
+                }
                 let stream: SendableRecordBatchStream = df
                     .execute_stream()
                     .await
@@ -497,7 +555,7 @@ impl Source {
 
     /// Checks that every file holds `schema`'s columns with the same types (`format: pretext`).
     pub async fn check_examples(&self, pipeline: &Pipeline, schema: &SchemaRef) -> Result<()> {
-        let ctx = new_context();
+        let ctx = new_context(self.remote.as_ref());
         for f in &self.files {
             let df = self.frame(&ctx, f).await.map_err(|e| match e {
                 FrameError::Read(e) => {
@@ -514,14 +572,44 @@ impl Source {
                     }
                     Some(_) => continue,
                 };
-                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(
-                    &["source", "format"],
+                return Err(Error::Spec(SpecErrors(vec![pipeline.error_at(&self.at.iter().map(String::as_str).chain(["format"]).collect::<Vec<_>>(),
                     format!("`{}` does not hold `task.{}` examples: it {problem}", f.relative, pipeline.spec.task_name()),
                     Some("`format: pretext` reads an export of the same task and seq_len (`pretext export`); use the pipeline that made it".into()),
                 )])));
             }
         }
         Ok(())
+    }
+}
+
+/// How the data changed between two [`Source::identity`] values, in words.
+pub fn describe_data_change(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    if let (Some(a), Some(b)) = (old.as_array(), new.as_array()) {
+        if let Some((x, y)) = a.iter().zip(b).find(|(x, y)| x != y) {
+            return format!("source `{}`: {}", y["name"].as_str().unwrap_or("?"), describe_data_change(x, y));
+        }
+        return "the list of sources changed".into();
+    }
+    match (old["delta_version"].as_u64(), new["delta_version"].as_u64()) {
+        (Some(a), Some(b)) if a != b => format!("the Delta table was at version {a}, it is now at version {b}"),
+        _ => format!(
+            "the source files changed ({} file(s) then, {} now, or their names or sizes differ)",
+            old["files"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+            new["files"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+        ),
+    }
+}
+
+/// Whether the optimizer proved `plan` returns no rows (a filter on partition values that are
+/// constants for this file folds to `false`), so the file need not be read.
+fn provably_empty(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::logical_expr::LogicalPlan as P;
+    match plan {
+        P::EmptyRelation(e) => !e.produce_one_row,
+        P::Projection(p) => provably_empty(&p.input),
+        P::Filter(f) => provably_empty(&f.input),
+        P::SubqueryAlias(a) => provably_empty(&a.input),
+        _ => false,
     }
 }
 

@@ -123,8 +123,29 @@ impl Pipeline {
     }
 
     /// The fully resolved spec as JSON (defaults filled in): what the manifest records.
+    /// Credentials in `storage_options` are replaced by `"<redacted>"`.
     pub fn resolved_json(&self) -> Value {
-        serde_json::to_value(&self.spec).expect("spec serializes")
+        let mut v = serde_json::to_value(&self.spec).expect("spec serializes");
+        let mut sections: Vec<&mut Value> = Vec::new();
+        if let Some(o) = v.as_object_mut() {
+            for (k, section) in o.iter_mut() {
+                match k.as_str() {
+                    "source" | "export" => sections.push(section),
+                    "sources" => sections.extend(section.as_array_mut().into_iter().flatten()),
+                    _ => {}
+                }
+            }
+        }
+        for section in sections {
+            if let Some(o) = section.get_mut("storage_options").and_then(Value::as_object_mut) {
+                for (k, val) in o.iter_mut() {
+                    if is_secret(k) {
+                        *val = Value::String("<redacted>".into());
+                    }
+                }
+            }
+        }
+        v
     }
 
     /// Stable hash of everything that determines the examples (not where they are written).
@@ -389,14 +410,9 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
             Some("remove the `tokenizer` section".into()),
         ));
     }
-    if let Some([c, h, w]) = spec.source.image_shape {
-        if !(c == 1 || c == 3) || h == 0 || w == 0 {
-            issues.push(Issue::at(
-                &p(&["source", "image_shape"]),
-                format!("image_shape [{c}, {h}, {w}] is not [channels (1 or 3), height, width]"),
-                Some("pixel arrays are planar: e.g. `image_shape: [3, 32, 32]` for CIFAR".into()),
-            ));
-        }
+    mixture_rules(spec, &mut issues);
+    for m in spec.members() {
+        member_rules(&m, &mut issues);
     }
     if let Some(train) = &spec.train {
         train_rules(spec, train, &mut issues);
@@ -418,29 +434,6 @@ fn rules(spec: &PipelineSpec) -> Vec<Issue> {
                 &p(&["stream", "shard", "rank"]),
                 format!("rank {} is not below world_size {}", shard.rank, shard.world_size),
                 Some("ranks count from 0: use 0 … world_size - 1".into()),
-            ));
-        }
-    }
-    if spec.source.text_column.trim().is_empty() {
-        issues.push(Issue::at(
-            &p(&["source", "text_column"]),
-            "empty column name".into(),
-            Some("name the string column that holds the text".into()),
-        ));
-    }
-    if spec.source.path.trim().is_empty() {
-        issues.push(Issue::at(
-            &p(&["source", "path"]),
-            "empty path".into(),
-            Some("a Parquet file, a directory or a glob such as `data/*.parquet`".into()),
-        ));
-    }
-    if let Some(sql) = &spec.source.sql {
-        if sql.trim().is_empty() {
-            issues.push(Issue::at(
-                &p(&["source", "sql"]),
-                "empty SQL".into(),
-                Some("remove `sql:` or write a query over the table `source`".into()),
             ));
         }
     }
@@ -548,6 +541,216 @@ fn apply_override(tree: &mut Node, text: &str) -> Result<(), String> {
         node = &mut entries[idx].2;
     }
     Ok(())
+}
+
+/// One source of a run: the single `source`, or one member of `sources`.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The member's name (`None` for a single `source`).
+    pub name: Option<String>,
+    pub weight: f64,
+    pub spec: SourceSpec,
+    /// The YAML path of its section, for errors: `["source"]` or `["sources", "<i>"]`.
+    pub at: Vec<String>,
+}
+
+impl Member {
+    /// The YAML path of `key` in this source's section.
+    pub fn key<'a>(&'a self, key: &'a str) -> Vec<&'a str> {
+        self.at.iter().map(String::as_str).chain(std::iter::once(key)).collect()
+    }
+
+    /// How messages name this source: `source` or `sources[i] (name)`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            None => "source".into(),
+            Some(n) => format!("source `{n}`"),
+        }
+    }
+}
+
+impl PipelineSpec {
+    /// Every source of the run, in the order written.
+    pub fn members(&self) -> Vec<Member> {
+        match &self.source {
+            Some(s) => vec![Member { name: None, weight: 1.0, spec: s.clone(), at: vec!["source".into()] }],
+            None => self
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Member {
+                    name: Some(m.name.clone()),
+                    weight: m.weight,
+                    spec: m.source(),
+                    at: vec!["sources".into(), i.to_string()],
+                })
+                .collect(),
+        }
+    }
+
+    /// The single source, or the first member of a mixture (for settings all members share).
+    pub fn primary_source(&self) -> SourceSpec {
+        self.members().into_iter().next().map(|m| m.spec).unwrap_or_else(|| SourceSpec {
+            path: String::new(),
+            format: None,
+            version: None,
+            as_of: None,
+            storage_options: Default::default(),
+            sql: None,
+            text_column: "text".into(),
+            key_column: None,
+            image_column: "image".into(),
+            image_shape: None,
+            label_column: None,
+        })
+    }
+
+    /// Whether the run mixes several named sources.
+    pub fn is_mixture(&self) -> bool {
+        self.source.is_none()
+    }
+}
+
+/// Whether a storage option holds a credential (never written to manifests or checkpoints).
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "token", "password", "access_key", "account_key", "sas", "service_account_key", "client_secret"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// `source` or `sources`, weights, names and the stop rule.
+fn mixture_rules(spec: &PipelineSpec, issues: &mut Vec<Issue>) {
+    let p = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match (&spec.source, spec.sources.is_empty()) {
+        (Some(_), false) => issues.push(Issue::at_key(
+            &p(&["sources"]),
+            "both `source` and `sources` are given".into(),
+            Some("use `source` for one source, or list every source under `sources` (with `name` and `weight`)".into()),
+        )),
+        (None, true) => issues.push(Issue::at_key(
+            &p(&["name"]),
+            "no `source` (or `sources`) section".into(),
+            Some("add `source: { path: data/corpus }`".into()),
+        )),
+        _ => {}
+    }
+    if spec.source.is_some() && spec.mixture.is_some() {
+        issues.push(Issue::at_key(
+            &p(&["mixture"]),
+            "`mixture` applies to `sources`, and there is a single `source`".into(),
+            Some("remove it, or list the sources under `sources`".into()),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in spec.sources.iter().enumerate() {
+        let at = |k: &str| vec!["sources".to_string(), i.to_string(), k.to_string()];
+        if m.name.trim().is_empty() {
+            issues.push(Issue::at(&at("name"), "empty source name".into(), Some("name it, e.g. `name: wiki`".into())));
+        } else if !seen.insert(m.name.clone()) {
+            issues.push(Issue::at(
+                &at("name"),
+                format!("two sources are named `{}`", m.name),
+                Some("names identify sources in the `source` column and the counts: make them unique".into()),
+            ));
+        }
+        if !m.weight.is_finite() || m.weight < 0.0 {
+            issues.push(Issue::at(
+                &at("weight"),
+                format!("weight {} of source `{}` is not a non-negative number", m.weight, m.name),
+                Some("weights are relative shares, e.g. 3 and 1 for 75% and 25%".into()),
+            ));
+        }
+    }
+    if !spec.sources.is_empty() && spec.sources.iter().all(|m| m.weight <= 0.0 || m.weight.is_nan()) {
+        issues.push(Issue::at_key(
+            &p(&["sources"]),
+            "every source has weight 0: the mixture would produce nothing".into(),
+            Some("give at least one source a positive `weight`".into()),
+        ));
+    }
+    let first = spec.sources.first();
+    for (i, m) in spec.sources.iter().enumerate().skip(1) {
+        let f = first.expect("non-empty");
+        if m.image_shape != f.image_shape || m.label_column.is_some() != f.label_column.is_some() {
+            issues.push(Issue::at_key(
+                &["sources".to_string(), i.to_string()],
+                format!("source `{}` differs from `{}` in `image_shape` or in having a `label_column`", m.name, f.name),
+                Some("the examples of every source share one schema: give every source the same".into()),
+            ));
+        }
+    }
+}
+
+/// One source's own rules: paths, columns, SQL, Delta time travel, object-store settings.
+fn member_rules(m: &Member, issues: &mut Vec<Issue>) {
+    let source = &m.spec;
+    let p = |k: &str| [m.at.clone(), vec![k.to_string()]].concat();
+    if let Some([c, h, w]) = source.image_shape {
+        if !(c == 1 || c == 3) || h == 0 || w == 0 {
+            issues.push(Issue::at(
+                &p("image_shape"),
+                format!("image_shape [{c}, {h}, {w}] is not [channels (1 or 3), height, width]"),
+                Some("pixel arrays are planar: e.g. `image_shape: [3, 32, 32]` for CIFAR".into()),
+            ));
+        }
+    }
+    if source.text_column.trim().is_empty() {
+        issues.push(Issue::at(
+            &p("text_column"),
+            "empty column name".into(),
+            Some("name the string column that holds the text".into()),
+        ));
+    }
+    if source.path.trim().is_empty() {
+        issues.push(Issue::at(
+            &p("path"),
+            "empty path".into(),
+            Some("a Parquet file, a directory or a glob such as `data/*.parquet`".into()),
+        ));
+    }
+    if let Some(sql) = &source.sql {
+        if sql.trim().is_empty() {
+            issues.push(Issue::at(
+                &p("sql"),
+                "empty SQL".into(),
+                Some("remove `sql:` or write a query over the table `source`".into()),
+            ));
+        }
+    }
+    let delta = source.format.is_none_or(|f| f == Format::Delta);
+    for (key, set) in [("version", source.version.is_some()), ("as_of", source.as_of.is_some())] {
+        if set && !delta {
+            issues.push(Issue::at_key(
+                &p(key),
+                format!("`{key}` selects a Delta table version, but `format` is not `delta`"),
+                Some("remove it, or set `format: delta` and point `path` at the table directory".into()),
+            ));
+        }
+    }
+    if source.version.is_some() && source.as_of.is_some() {
+        issues.push(Issue::at_key(
+            &p("as_of"),
+            "`version` and `as_of` both choose the table version".into(),
+            Some("keep one of them".into()),
+        ));
+    }
+    if let Some(t) = &source.as_of {
+        if let Err(e) = chrono::DateTime::parse_from_rfc3339(t) {
+            issues.push(Issue::at(
+                &p("as_of"),
+                format!("`{t}` is not an RFC 3339 timestamp: {e}"),
+                Some("write it like `2026-11-01T00:00:00Z` (a date, `T`, a time and a zone)".into()),
+            ));
+        }
+    }
+    if !source.storage_options.is_empty() && !crate::source::is_remote(&source.path) {
+        issues.push(Issue::at_key(
+            &p("storage_options"),
+            format!("`storage_options` configure object stores, but `{}` is a local path", source.path),
+            Some("remove them, or use an `s3://`, `gs://` or `az://` path".into()),
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -208,6 +208,21 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+        // The pipeline needs `source` or `sources` (a mixture): say so as for a required key.
+        if path.is_empty()
+            && props.contains_key("source")
+            && props.contains_key("sources")
+            && !entries.iter().any(|(k, _, _)| k == "source" || k == "sources")
+        {
+            issues.push(Issue::at(
+                path,
+                "missing required key `source`".into(),
+                Some(
+                    "add `source: { path: … }`, or `sources:` (a list of named sources with weights) for a mixture"
+                        .into(),
+                ),
+            ));
+        }
     }
 
     /// `oneOf` / `anyOf`: an externally tagged choice (`{variant: settings}`), a set of string

@@ -18,7 +18,7 @@ fn minimal_pipeline_gets_hf_defaults() {
     assert!(m.packing && !m.whole_word);
     assert_eq!(p.spec.seed, 42);
     assert!(matches!(p.spec.tokenizer, TokenizerSpec::Bytes(_)));
-    assert_eq!(p.spec.source.text_column, "text");
+    assert_eq!(p.spec.primary_source().text_column, "text");
 }
 
 #[test]

@@ -14,8 +14,16 @@ pub struct PipelineSpec {
     /// Seed of every random decision; same seed and data give byte-identical output.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Where rows come from (read through DataFusion).
-    pub source: SourceSpec,
+    /// Where rows come from (read through DataFusion). Give `source` or `sources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// A weighted mixture of named sources, interleaved by a deterministic schedule; each
+    /// example carries its source's name in the `source` column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<MixSourceSpec>,
+    /// How a mixture of `sources` ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture: Option<MixtureSpec>,
     /// How text becomes token ids. Default: the built-in byte-level vocabulary.
     #[serde(default)]
     pub tokenizer: TokenizerSpec,
@@ -44,6 +52,8 @@ pub enum Format {
     Arrow,
     Csv,
     Jsonl,
+    /// A Delta Lake table (a directory with `_delta_log/`): the data files of one table version.
+    Delta,
     /// Ready-made examples: a `pretext export` directory (or Parquet files with the task's
     /// columns). The tokenizer and the task are not run; the task section must match the export.
     Pretext,
@@ -54,11 +64,25 @@ pub enum Format {
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// A file, a directory (hive-style `key=value/` directories become columns) or a glob,
-    /// relative to the pipeline file.
+    /// relative to the pipeline file; or an object-store URL (`s3://bucket/prefix`, `gs://…`,
+    /// `az://…`), with or without a glob.
     pub path: String,
-    /// File format; inferred from the file extensions when omitted.
+    /// File format; inferred from the file extensions (or a `_delta_log/` directory) when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// Delta tables: read this table version instead of the newest (time travel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Delta tables: read the newest version committed at or before this RFC 3339 timestamp
+    /// (e.g. `2026-11-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+    /// Object-store settings for `s3://`, `gs://` and `az://` paths, added to the usual
+    /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `GOOGLE_SERVICE_ACCOUNT`,
+    /// `AZURE_STORAGE_ACCOUNT_NAME`, …): e.g. `endpoint: http://127.0.0.1:9000`,
+    /// `allow_http: "true"`, `region: eu-west-1`. Keys are object_store's configuration keys.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub storage_options: std::collections::BTreeMap<String, OptionValue>,
     /// Optional SQL over the table named `source` (filters, projections, expressions), applied to
     /// each file in scan order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +104,102 @@ pub struct SourceSpec {
     /// Image and tabular tasks: an integer column passed through as `label` (for linear probes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_column: Option<String>,
+}
+
+/// One member of a mixture: a named source with a weight.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MixSourceSpec {
+    /// The name written in each example's `source` column and in the per-source counts.
+    pub name: String,
+    /// This source's share of the examples, relative to the others' (normalised to sum to 1).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// As `source.path`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub storage_options: std::collections::BTreeMap<String, OptionValue>,
+    #[serde(default = "default_image_column")]
+    pub image_column: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_shape: Option<[u32; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl MixSourceSpec {
+    /// The member as a plain source.
+    pub fn source(&self) -> SourceSpec {
+        SourceSpec {
+            path: self.path.clone(),
+            format: self.format,
+            version: self.version,
+            as_of: self.as_of.clone(),
+            storage_options: self.storage_options.clone(),
+            sql: self.sql.clone(),
+            text_column: self.text_column.clone(),
+            key_column: self.key_column.clone(),
+            image_column: self.image_column.clone(),
+            image_shape: self.image_shape,
+            label_column: self.label_column.clone(),
+        }
+    }
+}
+
+/// How a mixture ends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MixtureSpec {
+    /// `first_exhausted` (default): stop when any source runs out, so the weights hold exactly.
+    /// `all_exhausted`: a source that runs out starts its next epoch until every source has
+    /// run out once. `cycle`: never stop (training; each source restarts as it runs out).
+    #[serde(default)]
+    pub stop: MixtureStop,
+}
+
+/// See [`MixtureSpec::stop`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MixtureStop {
+    #[default]
+    FirstExhausted,
+    AllExhausted,
+    Cycle,
+}
+
+/// A storage option's value: written as a string, a boolean or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Text(String),
+    Flag(bool),
+    Number(serde_json::Number),
+}
+
+impl std::fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::Text(s) => f.write_str(s),
+            OptionValue::Flag(b) => write!(f, "{b}"),
+            OptionValue::Number(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 fn default_image_column() -> String {
@@ -869,6 +989,10 @@ pub struct ExportSpec {
     #[serde(default = "default_row_group_rows")]
     #[schemars(range(min = 1, max = 16777216))]
     pub row_group_rows: u32,
+    /// Object-store settings when `path` is `s3://…`, `gs://…` or `az://…` (see
+    /// `source.storage_options`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub storage_options: std::collections::BTreeMap<String, OptionValue>,
 }
 
 impl Default for ExportSpec {
@@ -879,6 +1003,7 @@ impl Default for ExportSpec {
             compression: default_compression(),
             zstd_level: default_zstd_level(),
             row_group_rows: default_row_group_rows(),
+            storage_options: Default::default(),
         }
     }
 }

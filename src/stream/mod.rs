@@ -3,6 +3,7 @@
 //! lazy [`BatchStream`]; CPU work runs on the blocking pool through [`SpawnedTask`], at most
 //! `workers` batches in flight, results in input order, so output never depends on timing.
 
+mod mix;
 mod pack;
 mod shuffle;
 
@@ -23,6 +24,7 @@ use crate::source::{ScanOptions, Split};
 use crate::task::TaskContext;
 use crate::tokenize::{Encoded, Framing, TextTokenizer};
 use crate::BatchStream;
+pub use mix::{source_field, with_source, MixCounts, MixState};
 pub use pack::{row_key, rows_schema, Packer, Packing};
 pub use shuffle::{Rebatch, WindowShuffle};
 
@@ -224,25 +226,79 @@ fn record_examples(
 }
 
 impl Plan {
-    /// Examples of one epoch, before shuffling and batching.
+    /// The schema of the examples: the task's, with the `source` column of a mixture.
+    pub fn output_schema(&self) -> SchemaRef {
+        let schema = self.task.output_schema();
+        if self.sources.len() > 1 {
+            with_source(&schema)
+        } else {
+            schema
+        }
+    }
+
+    /// Examples of one epoch, shuffled when configured (before batching).
     pub fn epoch_examples(self: &Arc<Self>, epoch: u32) -> BatchStream {
         self.split_examples(epoch, Split::All)
     }
 
-    /// Examples of one epoch of one side of a split, before shuffling and batching.
+    /// Examples of one epoch of one side of a split, shuffled when configured (before
+    /// batching). A mixture interleaves its members' shuffled examples by weight.
     pub fn split_examples(self: &Arc<Self>, epoch: u32, split: Split) -> BatchStream {
+        if self.sources.len() == 1 {
+            return self.member_shuffled(0, epoch, split);
+        }
+        let plan = self.clone();
+        let epochs = self.epochs.max(1);
+        // A member's `r`-th restart within pass `epoch` reads as epoch `epoch + r · epochs`,
+        // so no two passes of a member draw the same masks or order.
+        let open: mix::Opener = Arc::new(move |i, restart| plan.member_shuffled(i, epoch + restart * epochs, split));
+        let names: Vec<String> = self.sources.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
+        mix::mix(
+            open,
+            &names,
+            &self.weights,
+            self.stop,
+            &self.task.output_schema(),
+            self.batch_size.clamp(64, 8192),
+            self.mix_counts.clone(),
+            MixState::new(self.sources.len()),
+        )
+    }
+
+    /// One member's examples of one epoch, shuffled in windows when configured.
+    fn member_shuffled(self: &Arc<Self>, i: usize, epoch: u32, split: Split) -> BatchStream {
+        let examples = self.member_examples(i, epoch, split);
+        match self.shuffle_window {
+            None => examples,
+            Some(w) => {
+                let schema = self.task.output_schema();
+                let sh = WindowShuffle::new(schema.clone(), w, self.seed, epoch);
+                stateful(
+                    examples,
+                    schema,
+                    sh,
+                    |s, b| s.push(b),
+                    |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
+                )
+            }
+        }
+    }
+
+    /// One member's examples of one epoch, in source order.
+    fn member_examples(self: &Arc<Self>, i: usize, epoch: u32, split: Split) -> BatchStream {
+        let source = &self.sources[i];
         // With shuffling on, every epoch also reads the files in its own seeded order.
         let shuffle_seed = self
             .shuffle_window
             .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
         let opts = ScanOptions { shuffle_seed, count: epoch == 0 && split == Split::All, split };
-        if self.source.format == crate::spec::Format::Pretext {
+        if source.format == crate::spec::Format::Pretext {
             // Ready-made examples: no tokenizing, packing or task.
-            return self.source.scan_examples(self.shard, opts, self.task.output_schema());
+            return source.scan_examples(self.shard, opts, self.task.output_schema());
         }
-        let docs = self.source.scan(self.shard, opts);
+        let docs = source.scan(self.shard, opts);
         let cx = TaskContext { seed: self.seed, epoch };
-        if self.source.input != crate::spec::TaskInput::Text {
+        if source.input != crate::spec::TaskInput::Text {
             return record_examples(docs, self.task.clone(), cx, self.workers);
         }
         let tok = self.tokenizer.clone();
@@ -269,7 +325,7 @@ impl Plan {
     /// Every epoch's examples, shuffled when configured, in batches of `batch_size`.
     /// A batch never spans two epochs, so no example appears twice in one batch.
     pub fn stream(self: &Arc<Self>) -> BatchStream {
-        let schema = self.task.output_schema();
+        let schema = self.output_schema();
         let plan = self.clone();
         let epochs = futures::stream::iter(0..self.epochs).map(move |epoch| plan.epoch_batches(epoch, Split::All));
         adapt(schema, epochs.flatten())
@@ -277,21 +333,8 @@ impl Plan {
 
     /// One epoch of one side of a split, shuffled when configured, in batches of `batch_size`.
     pub fn epoch_batches(self: &Arc<Self>, epoch: u32, split: Split) -> BatchStream {
-        let schema = self.task.output_schema();
+        let schema = self.output_schema();
         let examples = self.split_examples(epoch, split);
-        let examples = match self.shuffle_window {
-            None => examples,
-            Some(w) => {
-                let sh = WindowShuffle::new(schema.clone(), w, self.seed, epoch);
-                stateful(
-                    examples,
-                    schema.clone(),
-                    sh,
-                    |s, b| s.push(b),
-                    |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
-                )
-            }
-        };
         let rb = Rebatch::new(schema.clone(), self.batch_size);
         stateful(examples, schema, rb, |r, b| r.push(b), |mut r| async move { Ok(r.flush()?.into_iter().collect()) })
     }

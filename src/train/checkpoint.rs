@@ -32,6 +32,9 @@ pub struct State {
     pub pipeline_hash: String,
     /// Those settings, to say which differ when the hash does not match.
     pub settings: Value,
+    /// The source data trained on (`Source::identity`: files, Delta version).
+    #[serde(default)]
+    pub data: Value,
     /// The learning rate of the last step.
     pub lr: f64,
     pub tokens_seen: u64,

@@ -41,6 +41,8 @@ pub struct TrainOptions {
     pub run_dir: PathBuf,
     /// Continue from the newest checkpoint in `run_dir`.
     pub resume: bool,
+    /// `--allow-new-data`: resume although the source data changed (a new Delta version).
+    pub allow_new_data: bool,
     /// Draw a progress bar on stderr.
     pub progress_bar: bool,
     /// Print a line per metrics record when there is no progress bar.
@@ -372,6 +374,7 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         cursor: Cursor::default(),
         pipeline_hash: hash.clone(),
         settings: settings_json.clone(),
+        data: plan.data_identity(),
         lr: 0.0,
         tokens_seen: 0,
         train_seconds: 0.0,
@@ -395,6 +398,17 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
                     "restore those settings to resume, or train into a new directory (`--run-dir`)",
                 ));
             }
+            let data = plan.data_identity();
+            if !old.data.is_null() && old.data != data {
+                let change = crate::source::describe_data_change(&old.data, &data);
+                if !opts.allow_new_data {
+                    return Err(Error::data_hint(
+                        format!("the source data changed since `{}` was written: {change}", dir.display()),
+                        "pass `--allow-new-data` to continue on the new data, pin the data (`source.version` for Delta), or train into a new directory",
+                    ));
+                }
+                eprintln!("note: the source data changed ({change}); continuing on the new data (`--allow-new-data`)");
+            }
             trainer.model.params.load(&dir.join("model.safetensors"))?;
             trainer.opt.load(&dir.join("optimizer.safetensors"), old.step)?;
             trainer.step = old.step;
@@ -404,8 +418,13 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
                     old.total_steps, cfg.steps, cfg.steps
                 );
             }
-            state =
-                State { settings: settings_json.clone(), pipeline_hash: hash.clone(), total_steps: cfg.steps, ..old };
+            state = State {
+                settings: settings_json.clone(),
+                pipeline_hash: hash.clone(),
+                total_steps: cfg.steps,
+                data: plan.data_identity(),
+                ..old
+            };
             eprintln!("resuming from `{}` (step {})", dir.display(), state.step);
         }
         (true, None) => {
