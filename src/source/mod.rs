@@ -460,18 +460,40 @@ impl Source {
     /// `opts.shuffle` permutes the file order with a seed (per epoch); `opts.count` adds to
     /// [`SourceStats`] (once per run, not per epoch).
     pub fn scan(&self, shard: Shard, opts: ScanOptions) -> BatchStream {
-        self.scan_inner(shard, opts, None)
+        let schema = self.scan_schema();
+        let s = self.scan_inner(shard, opts, None).map(|r| r.map(|(_, b)| b).map_err(datafusion::error::DataFusionError::from));
+        Box::pin(RecordBatchStreamAdapter::new(schema, s))
+    }
+
+    /// Like [`Source::scan`] (or [`Source::scan_examples`] with `examples`), from `opts.start`,
+    /// each batch tagged with its window: the split's rows `w · window_rows ..` (counted over
+    /// all ranks) form window `w`, so windows are the same for every world size. A batch never
+    /// spans two windows.
+    pub fn scan_windows(
+        &self,
+        shard: Shard,
+        opts: ScanOptions,
+        examples: Option<SchemaRef>,
+    ) -> futures::stream::BoxStream<'static, Result<(u64, RecordBatch)>> {
+        self.scan_inner(shard, opts, examples)
     }
 
     /// Streams ready-made examples (`format: pretext`: an export, or any Parquet holding the
     /// task's columns) as batches of `schema`, with the same file order, split and sharding
     /// (by example ordinal) as documents.
     pub fn scan_examples(&self, shard: Shard, opts: ScanOptions, schema: SchemaRef) -> BatchStream {
-        self.scan_inner(shard, opts, Some(schema))
+        let s = self
+            .scan_inner(shard, opts, Some(schema.clone()))
+            .map(|r| r.map(|(_, b)| b).map_err(datafusion::error::DataFusionError::from));
+        Box::pin(RecordBatchStreamAdapter::new(schema, s))
     }
 
-    fn scan_inner(&self, shard: Shard, opts: ScanOptions, examples: Option<SchemaRef>) -> BatchStream {
-        let out_schema = examples.clone().unwrap_or_else(|| self.scan_schema());
+    fn scan_inner(
+        &self,
+        shard: Shard,
+        opts: ScanOptions,
+        examples: Option<SchemaRef>,
+    ) -> futures::stream::BoxStream<'static, Result<(u64, RecordBatch)>> {
         let mut order: Vec<usize> = (0..self.files.len()).collect();
         if let Some(seed) = opts.shuffle_seed {
             use rand::seq::SliceRandom;
@@ -482,14 +504,26 @@ impl Source {
             source: self.clone(),
             ctx: new_context(self.remote.as_ref()),
             order,
-            next_file: 0,
+            next_file: opts.start.file as usize,
             current: None,
-            sharder: Sharder { ordinal: 0, shard, split: opts.split },
+            sharder: Sharder {
+                ordinal: opts.start.ordinal,
+                shard,
+                split: opts.split,
+                window_rows: if opts.window_rows == 0 { u64::MAX } else { opts.window_rows },
+                starts: opts.starts.clone(),
+                file: opts.start.file,
+            },
+            skip: opts.start,
             count: opts.count,
             examples,
+            ready: std::collections::VecDeque::new(),
         };
         let stream = futures::stream::try_unfold(state, |mut st| async move {
             loop {
+                if let Some(item) = st.ready.pop_front() {
+                    return Ok(Some((item, st)));
+                }
                 if let Some((stream, file_idx, row)) = st.current.as_mut() {
                     match stream.next().await {
                         Some(batch) => {
@@ -500,17 +534,25 @@ impl Source {
                                     Error::from(e)
                                 ))
                             })?;
-                            let start = *row;
+                            let mut start = *row;
                             *row += batch.num_rows() as u64;
                             let fi = *file_idx;
-                            let out = match st.examples.clone() {
-                                Some(schema) => st.examples(&batch, fi, &schema)?,
+                            let mut batch = batch;
+                            // Resuming inside this file: its first rows were delivered before.
+                            if st.sharder.file == st.skip.file && start < st.skip.row {
+                                let drop = (st.skip.row - start).min(batch.num_rows() as u64) as usize;
+                                batch = batch.slice(drop, batch.num_rows() - drop);
+                                start += drop as u64;
+                                if batch.num_rows() == 0 {
+                                    continue;
+                                }
+                            }
+                            let (out, windows) = match st.examples.clone() {
+                                Some(schema) => st.examples(&batch, fi, start, &schema)?,
                                 None if st.source.input == TaskInput::Text => st.documents(&batch, fi, start)?,
                                 None => st.records(&batch, fi, start)?,
                             };
-                            if out.num_rows() > 0 {
-                                return Ok(Some((out, st)));
-                            }
+                            st.ready.extend(split_windows(&out, &windows)?);
                             continue;
                         }
                         None => st.current = None,
@@ -520,6 +562,7 @@ impl Source {
                     return Ok(None);
                 }
                 let fi = st.order[st.next_file];
+                st.sharder.file = st.next_file as u64;
                 st.next_file += 1;
                 let f = st.source.files[fi].clone();
                 let df = st.source.frame(&st.ctx, &f).await.map_err(|e| match e {
@@ -549,8 +592,8 @@ impl Source {
                 st.current = Some((stream, fi, 0));
             }
         })
-        .map(|r: Result<RecordBatch>| r.map_err(datafusion::error::DataFusionError::from));
-        Box::pin(RecordBatchStreamAdapter::new(out_schema, stream))
+        ;
+        Box::pin(stream)
     }
 
     /// Checks that every file holds `schema`'s columns with the same types (`format: pretext`).
@@ -637,12 +680,58 @@ enum FrameError {
 }
 
 /// How to scan: see [`Source::scan`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
     pub shuffle_seed: Option<u64>,
     pub count: bool,
     /// Which documents: all, or one side of a held-out split.
     pub split: Split,
+    /// Where to begin (default: the start of the epoch).
+    pub start: ScanStart,
+    /// Rows of the split per window (see [`Source::scan_windows`]); 0: one window.
+    pub window_rows: u64,
+    /// Receives where each window begins, as the scan reaches it.
+    pub starts: Option<Arc<WindowStarts>>,
+}
+
+/// A position in one epoch's scan: the `row`-th row (after `sql`) of the `file`-th file in the
+/// epoch's file order, which is the `ordinal`-th row of the split (all ranks counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanStart {
+    pub file: u64,
+    pub row: u64,
+    pub ordinal: u64,
+}
+
+/// Where a window begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowStart {
+    pub window: u64,
+    pub at: ScanStart,
+}
+
+/// The starts of the windows a scan has reached (the most recent ones).
+#[derive(Debug, Default)]
+pub struct WindowStarts(std::sync::Mutex<std::collections::VecDeque<WindowStart>>);
+
+impl WindowStarts {
+    const KEEP: usize = 64;
+
+    pub fn record(&self, start: WindowStart) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.back().is_some_and(|b| b.window >= start.window) {
+                return;
+            }
+            v.push_back(start);
+            while v.len() > Self::KEEP {
+                v.pop_front();
+            }
+        }
+    }
+
+    pub fn get(&self, window: u64) -> Option<WindowStart> {
+        self.0.lock().ok()?.iter().rev().find(|s| s.window == window).copied()
+    }
 }
 
 /// A deterministic document split: a document is held out when a hash of its key and the seed
@@ -679,34 +768,71 @@ struct ScanState {
     next_file: usize,
     current: Option<(SendableRecordBatchStream, usize, u64)>,
     sharder: Sharder,
+    /// Where a resumed scan begins: rows before it in its file are dropped.
+    skip: ScanStart,
     count: bool,
     /// `Some(task schema)` when reading ready-made examples.
     examples: Option<SchemaRef>,
+    /// Window-tagged batches ready to hand out.
+    ready: std::collections::VecDeque<(u64, RecordBatch)>,
 }
 
 /// Which rows belong to this split and shard: the shard takes every `world_size`-th row of the
-/// split, counted in scan order.
+/// split, counted in scan order; every `window_rows` rows of the split make a window.
 struct Sharder {
     ordinal: u64,
     shard: Shard,
     split: Split,
+    window_rows: u64,
+    starts: Option<Arc<WindowStarts>>,
+    /// Position of the file being read in the epoch's order.
+    file: u64,
 }
 
 impl Sharder {
-    /// Whether the next row that passed the filters belongs to this split and shard.
-    fn mine(&mut self, key: u64) -> bool {
+    /// Whether the next row that passed the filters (the `row`-th of its file) belongs to this
+    /// split and shard, and its window.
+    fn mine(&mut self, key: u64, row: u64) -> (bool, u64) {
+        let window = self.ordinal / self.window_rows;
         if !self.split.contains(key) {
-            return false;
+            return (false, window);
+        }
+        if self.ordinal % self.window_rows == 0 {
+            if let Some(starts) = &self.starts {
+                starts.record(WindowStart {
+                    window,
+                    at: ScanStart { file: self.file, row, ordinal: self.ordinal },
+                });
+            }
         }
         let mine = self.ordinal % self.shard.world_size == self.shard.rank;
         self.ordinal += 1;
-        mine
+        (mine, window)
     }
+}
+
+/// Cuts a filtered batch into runs of one window each (`windows`: the window of every row).
+fn split_windows(batch: &RecordBatch, windows: &[u64]) -> Result<Vec<(u64, RecordBatch)>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=windows.len() {
+        if i == windows.len() || windows[i] != windows[start] {
+            out.push((windows[start], batch.slice(start, i - start)));
+            start = i;
+        }
+    }
+    Ok(out)
 }
 
 impl ScanState {
     /// Ready-made examples: the task's columns, filtered by split and shard.
-    fn examples(&mut self, batch: &RecordBatch, fi: usize, schema: &SchemaRef) -> Result<RecordBatch> {
+    fn examples(
+        &mut self,
+        batch: &RecordBatch,
+        fi: usize,
+        row: u64,
+        schema: &SchemaRef,
+    ) -> Result<(RecordBatch, Vec<u64>)> {
         let columns = schema
             .fields()
             .iter()
@@ -720,17 +846,22 @@ impl ScanState {
             Error::data(format!("`example_key` in `{}` is not UInt64", self.source.files[fi].relative))
         })?;
         let mut keep = Vec::with_capacity(batch.num_rows());
-        for &k in keys.values().iter() {
-            keep.push(self.sharder.mine(k));
+        let mut windows = Vec::new();
+        for (i, &k) in keys.values().iter().enumerate() {
+            let (mine, w) = self.sharder.mine(k, row + i as u64);
+            keep.push(mine);
+            if mine {
+                windows.push(w);
+            }
         }
         if self.count {
             self.source.stats.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-            self.source.stats.documents.fetch_add(keep.iter().filter(|k| **k).count() as u64, Ordering::Relaxed);
+            self.source.stats.documents.fetch_add(windows.len() as u64, Ordering::Relaxed);
         }
         let out = RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
             Error::data(format!("`{}` does not hold valid examples: {e}", self.source.files[fi].relative))
         })?;
-        Ok(arrow::compute::filter_record_batch(&out, &BooleanArray::from(keep))?)
+        Ok((arrow::compute::filter_record_batch(&out, &BooleanArray::from(keep))?, windows))
     }
 
     /// The example keys of one batch of file `fi` starting at `row`.
@@ -759,7 +890,7 @@ impl ScanState {
 
     /// Image and table rows: keys, null-image filtering, split and shard, columns cast to
     /// [`Source::scan_schema`].
-    fn records(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
+    fn records(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<(RecordBatch, Vec<u64>)> {
         let n = batch.num_rows();
         let keys = self.keys(batch, fi, row)?;
         let src = &self.source;
@@ -794,6 +925,7 @@ impl ScanState {
             columns.push(cast);
         }
         let mut keep = Vec::with_capacity(n);
+        let mut windows = Vec::new();
         let mut nulls = 0u64;
         let mut docs = 0u64;
         for (i, &key) in keys.iter().enumerate() {
@@ -801,7 +933,11 @@ impl ScanState {
                 nulls += 1;
                 false
             } else {
-                self.sharder.mine(key)
+                let (mine, w) = self.sharder.mine(key, row + i as u64);
+                if mine {
+                    windows.push(w);
+                }
+                mine
             };
             docs += ok as u64;
             keep.push(ok);
@@ -824,11 +960,11 @@ impl ScanState {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(RecordBatch::try_new(schema, columns)?)
+        Ok((RecordBatch::try_new(schema, columns)?, windows))
     }
 
     /// Keys, blank/null filtering and sharding for one batch of file `fi` starting at `row`.
-    fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<RecordBatch> {
+    fn documents(&mut self, batch: &RecordBatch, fi: usize, row: u64) -> Result<(RecordBatch, Vec<u64>)> {
         let keys = self.keys(batch, fi, row)?;
         let src = &self.source;
         let n = batch.num_rows();
@@ -838,6 +974,7 @@ impl ScanState {
         let text = arrow::compute::cast(text, &DataType::Utf8View)?;
         let text = text.as_string_view();
         let mut keep = Vec::with_capacity(n);
+        let mut windows = Vec::new();
         let (mut nulls, mut blanks, mut docs) = (0u64, 0u64, 0u64);
         for (i, &key) in keys.iter().enumerate() {
             let ok = if text.is_null(i) {
@@ -847,7 +984,10 @@ impl ScanState {
                 blanks += 1;
                 false
             } else {
-                let mine = self.sharder.mine(key);
+                let (mine, w) = self.sharder.mine(key, row + i as u64);
+                if mine {
+                    windows.push(w);
+                }
                 docs += mine as u64;
                 mine
             };
@@ -867,7 +1007,7 @@ impl ScanState {
         let text: StringViewArray = text.as_string_view().clone();
         let (views, buffers, _) = text.into_parts();
         let text = StringViewArray::try_new(views, buffers, None)?;
-        Ok(RecordBatch::try_new(doc_schema(), vec![keys, Arc::new(text)])?)
+        Ok((RecordBatch::try_new(doc_schema(), vec![keys, Arc::new(text)])?, windows))
     }
 }
 

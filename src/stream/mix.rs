@@ -1,23 +1,26 @@
-//! Weighted mixtures: the examples of several sources interleaved by a deterministic schedule.
+//! The last stage: members' examples → batches of `batch_size`, each with the cursor after it.
 //!
-//! Position `n` of the mixture goes to the source `i` with the largest deficit
-//! `w_i · (n + 1) − c_i` (`c_i`: examples taken from it so far; ties to the first listed). This
-//! keeps every source within one example of its share over every prefix of the stream, needs
-//! no random numbers (so it cannot drift), and its whole state is the counts, so a cursor of a
-//! few integers restores it exactly. Each source's own examples arrive already shuffled in its
-//! windows; the schedule only decides whose turn it is.
+//! With several sources (a mixture), position `n` goes to the source `i` with the largest
+//! deficit `w_i · (n + 1) − c_i` (`c_i`: examples taken from it so far; ties to the first
+//! listed). This keeps every source within one example of its share over every prefix of the
+//! stream and needs no random numbers, so it cannot drift. Each member's examples arrive in
+//! windows (see `Plan::member_windows`), already shuffled; the stage counts how far into its
+//! current window each member is, which with the window's start position and the schedule's
+//! counts is the whole [`StreamCursor`]: restoring it regenerates one window per member, not
+//! the stream before it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, DictionaryArray, Int16Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int16Type, Schema, SchemaRef};
-use datafusion::error::DataFusionError;
+use futures::stream::BoxStream;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::source::{ScanStart, WindowStarts};
 use crate::spec::MixtureStop;
-use crate::BatchStream;
 
 /// The `source` column: the member's name, dictionary-encoded.
 pub fn source_field() -> Field {
@@ -43,18 +46,18 @@ impl MixCounts {
     }
 }
 
-/// The schedule's state: how many examples each member gave, and how often it restarted.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+/// The schedule's state in one pass: how many examples each member gave, how often it ran out
+/// and restarted, and whether it ran out at least once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct MixState {
-    /// Examples taken from each member in this pass.
     pub taken: Vec<u64>,
-    /// How many times each member ran out and restarted in this pass.
     pub restarts: Vec<u32>,
+    pub done: Vec<bool>,
 }
 
 impl MixState {
     pub fn new(n: usize) -> Self {
-        MixState { taken: vec![0; n], restarts: vec![0; n] }
+        MixState { taken: vec![0; n], restarts: vec![0; n], done: vec![false; n] }
     }
 
     /// The member whose turn it is, or `None` when no member has weight.
@@ -74,16 +77,49 @@ impl MixState {
     }
 }
 
-/// Opens member `i`'s examples for its `restart`-th pass (the caller maps that to an epoch).
-pub type Opener = Arc<dyn Fn(usize, u32) -> BatchStream + Send + Sync>;
+/// How far a member's current pass has been delivered: `offset` examples of window `window`,
+/// which begins at `start` (`None`: the start of the pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemberPos {
+    pub window: u64,
+    pub offset: u64,
+    pub start: Option<ScanStart>,
+}
+
+/// Where a stream stands after a batch: restoring it continues with the next batch exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StreamCursor {
+    /// The pass over the data (`stream.epochs` counts them).
+    pub epoch: u32,
+    /// Batches delivered in this pass.
+    pub batches: u64,
+    pub mix: MixState,
+    /// Per source, in the order written.
+    pub members: Vec<MemberPos>,
+}
+
+impl StreamCursor {
+    /// The start of pass `epoch` over `n` sources.
+    pub fn start(epoch: u32, n: usize) -> Self {
+        StreamCursor { epoch, batches: 0, mix: MixState::new(n), members: vec![MemberPos::default(); n] }
+    }
+}
+
+/// Window-tagged examples of one member.
+pub type Windows = BoxStream<'static, Result<(u64, RecordBatch)>>;
+
+/// Opens member `i`'s examples for its `restart`-th run in this pass, from `pos`, recording
+/// window starts into the given table.
+pub type Opener = Arc<dyn Fn(usize, u32, MemberPos, Arc<WindowStarts>) -> Windows + Send + Sync>;
 
 struct Member {
-    stream: Option<BatchStream>,
-    batch: Option<RecordBatch>,
+    stream: Option<Windows>,
+    starts: Arc<WindowStarts>,
+    batch: Option<(u64, RecordBatch)>,
     row: usize,
     /// Where `batch` sits in the chunk being assembled.
     slot: Option<usize>,
-    done_once: bool,
+    pos: MemberPos,
 }
 
 struct Mixer {
@@ -91,21 +127,25 @@ struct Mixer {
     weights: Vec<f64>,
     stop: MixtureStop,
     schema: SchemaRef,
-    names: ArrayRef,
+    /// The member names, when the `source` column is added (a mixture).
+    names: Option<ArrayRef>,
     members: Vec<Member>,
-    state: MixState,
+    cursor: StreamCursor,
     chunk: usize,
     counts: Arc<MixCounts>,
     finished: bool,
 }
 
 impl Mixer {
-    /// Makes member `i`'s next row current: `Ok(false)` when the mixture ends here.
+    /// Makes member `i`'s next row current: `Ok(false)` when the pass ends here.
     async fn advance(&mut self, i: usize) -> Result<bool> {
         loop {
             let m = &mut self.members[i];
-            if let Some(b) = &m.batch {
+            if let Some((w, b)) = &m.batch {
                 if m.row < b.num_rows() {
+                    if *w != m.pos.window {
+                        m.pos = MemberPos { window: *w, offset: 0, start: m.starts.get(*w).map(|s| s.at) };
+                    }
                     return Ok(true);
                 }
                 m.batch = None;
@@ -113,37 +153,40 @@ impl Mixer {
             }
             let stream = match m.stream.as_mut() {
                 Some(s) => s,
-                None => m.stream.insert((self.open)(i, self.state.restarts[i])),
+                None => {
+                    let s = (self.open)(i, self.cursor.mix.restarts[i], m.pos, m.starts.clone());
+                    m.stream.insert(s)
+                }
             };
             match stream.next().await {
-                Some(b) => {
-                    let b = b.map_err(Error::from)?;
-                    m.batch = Some(b);
+                Some(item) => {
+                    m.batch = Some(item?);
                     m.row = 0;
                 }
                 None => {
                     // Member `i` ran out.
                     m.stream = None;
-                    m.done_once = true;
-                    let all_done = self.members.iter().zip(&self.weights).all(|(m, w)| m.done_once || *w <= 0.0);
-                    let went_empty = self.state.taken[i] == 0;
+                    m.pos = MemberPos::default();
+                    m.starts = Arc::new(WindowStarts::default());
+                    let mix = &mut self.cursor.mix;
+                    mix.done[i] = true;
+                    let all_done = mix.done.iter().zip(&self.weights).all(|(d, w)| *d || *w <= 0.0);
                     match self.stop {
                         MixtureStop::FirstExhausted => return Ok(false),
                         MixtureStop::AllExhausted if all_done => return Ok(false),
-                        _ if went_empty => {
-                            return Err(Error::data(format!(
-                                "mixture source #{i} produced no examples, so it cannot be cycled"
-                            )))
+                        _ if mix.taken[i] == 0 && mix.restarts[i] == 0 => {
+                            // A source with nothing to give cannot be cycled: end the pass.
+                            return Ok(false);
                         }
-                        _ => self.state.restarts[i] += 1,
+                        _ => mix.restarts[i] += 1,
                     }
                 }
             }
         }
     }
 
-    /// Up to `chunk` rows of the mixture; an empty batch when it ended.
-    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
+    /// The next `chunk` rows (fewer at the end of the pass) and the cursor after them.
+    async fn next_chunk(&mut self) -> Result<Option<(RecordBatch, StreamCursor)>> {
         if self.finished {
             return Ok(None);
         }
@@ -154,7 +197,7 @@ impl Mixer {
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(self.chunk);
         let mut members: Vec<i16> = Vec::with_capacity(self.chunk);
         while picks.len() < self.chunk {
-            let Some(i) = self.state.next(&self.weights) else {
+            let Some(i) = self.cursor.mix.next(&self.weights) else {
                 self.finished = true;
                 break;
             };
@@ -166,15 +209,16 @@ impl Mixer {
             let slot = match m.slot {
                 Some(s) => s,
                 None => {
-                    batches.push(m.batch.clone().expect("advance made a row current"));
+                    batches.push(m.batch.as_ref().map(|(_, b)| b.clone()).expect("advance made a row current"));
                     m.slot = Some(batches.len() - 1);
                     batches.len() - 1
                 }
             };
             picks.push((slot, m.row));
             m.row += 1;
+            m.pos.offset += 1;
             members.push(i as i16);
-            self.state.taken[i] += 1;
+            self.cursor.mix.taken[i] += 1;
             self.counts.examples[i].fetch_add(1, Ordering::Relaxed);
         }
         if picks.is_empty() {
@@ -182,15 +226,19 @@ impl Mixer {
         }
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         let mixed = arrow::compute::interleave_record_batch(&refs, &picks)?;
-        let keys = Int16Array::from(members);
-        let source: ArrayRef = Arc::new(DictionaryArray::<Int16Type>::try_new(keys, self.names.clone())?);
         let mut columns = mixed.columns().to_vec();
-        columns.push(source);
-        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+        if let Some(names) = &self.names {
+            let keys = Int16Array::from(members);
+            columns.push(Arc::new(DictionaryArray::<Int16Type>::try_new(keys, names.clone())?));
+        }
+        self.cursor.batches += 1;
+        self.cursor.members = self.members.iter().map(|m| m.pos).collect();
+        Ok(Some((RecordBatch::try_new(self.schema.clone(), columns)?, self.cursor.clone())))
     }
 }
 
-/// The mixture of the members `open` gives, in chunks of `chunk` rows, until `stop` says.
+/// One pass of the members `open` gives, from `cursor`, in batches of `chunk` rows, each with
+/// the cursor after it; a mixture (`names.len() > 1`) adds the `source` column.
 #[allow(clippy::too_many_arguments)]
 pub fn mix(
     open: Opener,
@@ -200,32 +248,42 @@ pub fn mix(
     member_schema: &SchemaRef,
     chunk: usize,
     counts: Arc<MixCounts>,
-    state: MixState,
-) -> BatchStream {
-    let schema = with_source(member_schema);
+    cursor: StreamCursor,
+) -> BoxStream<'static, Result<(RecordBatch, StreamCursor)>> {
+    let mixture = names.len() > 1;
+    let schema = if mixture { with_source(member_schema) } else { member_schema.clone() };
     let mixer = Mixer {
         open,
         weights: weights.to_vec(),
         stop,
-        schema: schema.clone(),
-        names: Arc::new(StringArray::from(names.to_vec())),
-        members: (0..names.len())
-            .map(|_| Member { stream: None, batch: None, row: 0, slot: None, done_once: false })
+        schema,
+        names: mixture.then(|| Arc::new(StringArray::from(names.to_vec())) as ArrayRef),
+        members: cursor
+            .members
+            .iter()
+            .map(|pos| Member {
+                stream: None,
+                starts: Arc::new(WindowStarts::default()),
+                batch: None,
+                row: 0,
+                slot: None,
+                pos: *pos,
+            })
             .collect(),
-        state,
+        cursor,
         chunk: chunk.max(1),
         counts,
         finished: false,
     };
-    let s = futures::stream::unfold(mixer, |mut m| async move {
+    futures::stream::unfold(mixer, |mut m| async move {
         match m.next_chunk().await {
-            Ok(Some(b)) => Some((Ok(b), m)),
+            Ok(Some(item)) => Some((Ok(item), m)),
             Ok(None) => None,
             Err(e) => {
                 m.finished = true;
-                Some((Err(DataFusionError::from(e)), m))
+                Some((Err(e), m))
             }
         }
-    });
-    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, s))
+    })
+    .boxed()
 }

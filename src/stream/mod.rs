@@ -20,11 +20,11 @@ use futures::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::source::{ScanOptions, Split};
+use crate::source::{ScanOptions, Split, WindowStarts};
 use crate::task::TaskContext;
 use crate::tokenize::{Encoded, Framing, TextTokenizer};
 use crate::BatchStream;
-pub use mix::{source_field, with_source, MixCounts, MixState};
+pub use mix::{source_field, with_source, MemberPos, MixCounts, MixState, StreamCursor};
 pub use pack::{row_key, rows_schema, Packer, Packing};
 pub use shuffle::{Rebatch, WindowShuffle};
 
@@ -225,6 +225,42 @@ fn record_examples(
     adapt(schema, out)
 }
 
+/// Rows of the source per window when shuffling is off (see [`Plan::window_rows`]).
+pub const DEFAULT_WINDOW_ROWS: u64 = 65_536;
+
+/// A stream handing out the items of a shared, window-tagged scan one window at a time.
+struct SharedScan {
+    scan: mix::Windows,
+    peeked: Option<Result<(u64, RecordBatch)>>,
+}
+
+impl SharedScan {
+    async fn peek_window(&mut self) -> Option<std::result::Result<u64, ()>> {
+        if self.peeked.is_none() {
+            self.peeked = self.scan.next().await;
+        }
+        match self.peeked.as_ref()? {
+            Ok((w, _)) => Some(Ok(*w)),
+            Err(_) => Some(Err(())),
+        }
+    }
+}
+
+/// The rows of window `w` from a shared scan, as a [`BatchStream`] of `schema`.
+fn window_rows_of(shared: Arc<tokio::sync::Mutex<SharedScan>>, w: u64, schema: SchemaRef) -> BatchStream {
+    let s = futures::stream::unfold(shared, move |shared| async move {
+        let item = {
+            let mut g = shared.lock().await;
+            match g.peek_window().await? {
+                Ok(x) if x != w => return None,
+                _ => g.peeked.take()?,
+            }
+        };
+        Some((item.map(|(_, b)| b).map_err(DataFusionError::from), shared))
+    });
+    adapt(schema, s)
+}
+
 impl Plan {
     /// The schema of the examples: the task's, with the `source` column of a mixture.
     pub fn output_schema(&self) -> SchemaRef {
@@ -236,22 +272,135 @@ impl Plan {
         }
     }
 
-    /// Examples of one epoch, shuffled when configured (before batching).
-    pub fn epoch_examples(self: &Arc<Self>, epoch: u32) -> BatchStream {
-        self.split_examples(epoch, Split::All)
+    /// Rows of the source per window: the unit of shuffling, sharding and resumption. Every
+    /// `window_rows` rows of the split (counted over all ranks) make one window; packing starts
+    /// afresh in each window, and its examples are shuffled in windows of `window_rows` examples.
+    pub fn window_rows(&self) -> u64 {
+        self.shuffle_window.map(|w| w as u64).unwrap_or(DEFAULT_WINDOW_ROWS)
     }
 
-    /// Examples of one epoch of one side of a split, shuffled when configured (before
-    /// batching). A mixture interleaves its members' shuffled examples by weight.
-    pub fn split_examples(self: &Arc<Self>, epoch: u32, split: Split) -> BatchStream {
-        if self.sources.len() == 1 {
-            return self.member_shuffled(0, epoch, split);
+    /// Member `i`'s examples of one run over its data (`epoch`), from `pos`, tagged with their
+    /// window, shuffled inside each window when configured. Window starts go to `starts`.
+    pub fn member_windows(
+        self: &Arc<Self>,
+        i: usize,
+        epoch: u32,
+        split: Split,
+        pos: MemberPos,
+        starts: Arc<WindowStarts>,
+    ) -> mix::Windows {
+        let source = &self.sources[i];
+        // With shuffling on, every epoch also reads the files in its own seeded order.
+        let shuffle_seed = self
+            .shuffle_window
+            .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
+        let from_start = pos.start.is_none() && pos.window == 0 && pos.offset == 0;
+        let opts = ScanOptions {
+            shuffle_seed,
+            count: epoch == 0 && split == Split::All && from_start,
+            split,
+            start: pos.start.unwrap_or_default(),
+            window_rows: self.window_rows(),
+            starts: Some(starts),
+        };
+        let pretext = source.format == crate::spec::Format::Pretext;
+        let scan = source.scan_windows(self.shard, opts, pretext.then(|| self.task.output_schema()));
+        let rows_schema = if pretext { self.task.output_schema() } else { source.scan_schema() };
+        let shared = Arc::new(tokio::sync::Mutex::new(SharedScan { scan, peeked: None }));
+        let plan = self.clone();
+        let windows = futures::stream::unfold(shared, move |shared| {
+            let plan = plan.clone();
+            let rows_schema = rows_schema.clone();
+            async move {
+                let peeked = shared.lock().await.peek_window().await;
+                let w = match peeked? {
+                    Ok(w) => w,
+                    Err(()) => {
+                        let e = shared.lock().await.peeked.take().and_then(|r| r.err())?;
+                        let failed: mix::Windows = futures::stream::once(async move { Err(e) }).boxed();
+                        return Some((failed, shared));
+                    }
+                };
+                let rows = window_rows_of(shared.clone(), w, rows_schema);
+                let examples = plan.window_examples(i, epoch, w, rows, pretext);
+                let tagged: mix::Windows = examples.map(move |r| r.map(|b| (w, b)).map_err(Error::from)).boxed();
+                Some((tagged, shared))
+            }
+        })
+        .flatten();
+        // Resuming inside a window: its first `offset` examples were delivered before.
+        let (skip_window, mut skip) = (pos.window, pos.offset);
+        windows
+            .filter_map(move |item| {
+                let out = match item {
+                    Ok((w, b)) if w == skip_window && skip > 0 => {
+                        let n = (skip as usize).min(b.num_rows());
+                        skip -= n as u64;
+                        (n < b.num_rows()).then(|| Ok((w, b.slice(n, b.num_rows() - n))))
+                    }
+                    other => Some(other),
+                };
+                futures::future::ready(out)
+            })
+            .boxed()
+    }
+
+    /// The examples of window `w` of member `i`, made from the window's `rows`, shuffled.
+    fn window_examples(self: &Arc<Self>, i: usize, epoch: u32, w: u64, rows: BatchStream, pretext: bool) -> BatchStream {
+        let source = &self.sources[i];
+        let schema = self.task.output_schema();
+        let examples = if pretext {
+            rows
+        } else if source.input != crate::spec::TaskInput::Text {
+            record_examples(rows, self.task.clone(), TaskContext { seed: self.seed, epoch }, self.workers)
+        } else {
+            let cx = TaskContext { seed: self.seed, epoch };
+            let tok = self.tokenizer.clone();
+            let max_len = if self.packing == Packing::PerDocument { Some(self.row_len) } else { None };
+            let (words, framing) = (self.whole_word, self.framing);
+            let tokens = ordered_map(rows, tokens_schema(words), self.workers, move |b| {
+                tokenize_batch(&tok, &b, framing, max_len, words)
+            });
+            let packer = Packer::with_mode(self.row_len, self.packing, words, self.pad_id);
+            let packed = stateful(
+                tokens,
+                packer.schema(),
+                packer,
+                |p, b| Ok(p.push(&b)?.into_iter().collect()),
+                |mut p| async move { Ok(p.finish()?.into_iter().collect()) },
+            );
+            let task = self.task.clone();
+            ordered_map(packed, schema.clone(), self.workers, move |b| {
+                let keys = b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+                task.apply(&b, &keys, &cx)
+            })
+        };
+        match self.shuffle_window {
+            None => examples,
+            Some(size) => {
+                // Each window draws its own permutations.
+                let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&w.to_le_bytes(), self.seed ^ 0x5749_4e44);
+                let sh = WindowShuffle::new(schema.clone(), size, seed, epoch);
+                stateful(examples, schema, sh, |s, b| s.push(b), |mut s| async move { Ok(s.flush()?.into_iter().collect()) })
+            }
         }
+    }
+
+    /// One pass (`epoch`) over the sources from `cursor`, in batches of `batch_size`, each
+    /// with the cursor after it. A mixture interleaves its members' examples by weight.
+    pub fn pass_from(
+        self: &Arc<Self>,
+        split: Split,
+        cursor: StreamCursor,
+    ) -> futures::stream::BoxStream<'static, Result<(RecordBatch, StreamCursor)>> {
         let plan = self.clone();
         let epochs = self.epochs.max(1);
-        // A member's `r`-th restart within pass `epoch` reads as epoch `epoch + r · epochs`,
-        // so no two passes of a member draw the same masks or order.
-        let open: mix::Opener = Arc::new(move |i, restart| plan.member_shuffled(i, epoch + restart * epochs, split));
+        let epoch = cursor.epoch;
+        // A member's `r`-th restart within pass `epoch` reads as epoch `epoch + r · epochs`, so
+        // no two runs over a member draw the same masks or order.
+        let open: mix::Opener = Arc::new(move |i, restart, pos, starts| {
+            plan.member_windows(i, epoch + restart * epochs, split, pos, starts)
+        });
         let names: Vec<String> = self.sources.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
         mix::mix(
             open,
@@ -259,67 +408,45 @@ impl Plan {
             &self.weights,
             self.stop,
             &self.task.output_schema(),
-            self.batch_size.clamp(64, 8192),
+            self.batch_size,
             self.mix_counts.clone(),
-            MixState::new(self.sources.len()),
+            cursor,
         )
     }
 
-    /// One member's examples of one epoch, shuffled in windows when configured.
-    fn member_shuffled(self: &Arc<Self>, i: usize, epoch: u32, split: Split) -> BatchStream {
-        let examples = self.member_examples(i, epoch, split);
-        match self.shuffle_window {
-            None => examples,
-            Some(w) => {
-                let schema = self.task.output_schema();
-                let sh = WindowShuffle::new(schema.clone(), w, self.seed, epoch);
-                stateful(
-                    examples,
-                    schema,
-                    sh,
-                    |s, b| s.push(b),
-                    |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
-                )
+    /// Batches from `cursor` on, pass after pass without end (training), each with the cursor
+    /// after it.
+    pub fn batches_from(
+        self: &Arc<Self>,
+        split: Split,
+        cursor: StreamCursor,
+    ) -> futures::stream::BoxStream<'static, Result<(RecordBatch, StreamCursor)>> {
+        struct Passes {
+            plan: Arc<Plan>,
+            current: futures::stream::BoxStream<'static, Result<(RecordBatch, StreamCursor)>>,
+            epoch: u32,
+            produced: bool,
+        }
+        let first = Passes { plan: self.clone(), current: self.pass_from(split, cursor.clone()), epoch: cursor.epoch, produced: false };
+        // A pass that yields nothing ends the stream (an empty source would otherwise spin).
+        futures::stream::unfold(first, move |mut st| async move {
+            loop {
+                match st.current.next().await {
+                    Some(item) => {
+                        st.produced = true;
+                        return Some((item, st));
+                    }
+                    None if !st.produced => return None,
+                    None => {
+                        st.epoch += 1;
+                        st.produced = false;
+                        let n = st.plan.sources.len();
+                        st.current = st.plan.pass_from(split, StreamCursor::start(st.epoch, n));
+                    }
+                }
             }
-        }
-    }
-
-    /// One member's examples of one epoch, in source order.
-    fn member_examples(self: &Arc<Self>, i: usize, epoch: u32, split: Split) -> BatchStream {
-        let source = &self.sources[i];
-        // With shuffling on, every epoch also reads the files in its own seeded order.
-        let shuffle_seed = self
-            .shuffle_window
-            .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
-        let opts = ScanOptions { shuffle_seed, count: epoch == 0 && split == Split::All, split };
-        if source.format == crate::spec::Format::Pretext {
-            // Ready-made examples: no tokenizing, packing or task.
-            return source.scan_examples(self.shard, opts, self.task.output_schema());
-        }
-        let docs = source.scan(self.shard, opts);
-        let cx = TaskContext { seed: self.seed, epoch };
-        if source.input != crate::spec::TaskInput::Text {
-            return record_examples(docs, self.task.clone(), cx, self.workers);
-        }
-        let tok = self.tokenizer.clone();
-        let max_len = if self.packing == Packing::PerDocument { Some(self.row_len) } else { None };
-        let (words, framing) = (self.whole_word, self.framing);
-        let tokens = ordered_map(docs, tokens_schema(words), self.workers, move |b| {
-            tokenize_batch(&tok, &b, framing, max_len, words)
-        });
-        let packer = Packer::with_mode(self.row_len, self.packing, words, self.pad_id);
-        let rows = stateful(
-            tokens,
-            packer.schema(),
-            packer,
-            |p, b| Ok(p.push(&b)?.into_iter().collect()),
-            |mut p| async move { Ok(p.finish()?.into_iter().collect()) },
-        );
-        let task = self.task.clone();
-        ordered_map(rows, self.task.output_schema(), self.workers, move |b| {
-            let keys = b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
-            task.apply(&b, &keys, &cx)
         })
+        .boxed()
     }
 
     /// Every epoch's examples, shuffled when configured, in batches of `batch_size`.
@@ -334,8 +461,9 @@ impl Plan {
     /// One epoch of one side of a split, shuffled when configured, in batches of `batch_size`.
     pub fn epoch_batches(self: &Arc<Self>, epoch: u32, split: Split) -> BatchStream {
         let schema = self.output_schema();
-        let examples = self.split_examples(epoch, split);
-        let rb = Rebatch::new(schema.clone(), self.batch_size);
-        stateful(examples, schema, rb, |r, b| r.push(b), |mut r| async move { Ok(r.flush()?.into_iter().collect()) })
+        let s = self
+            .pass_from(split, StreamCursor::start(epoch, self.sources.len()))
+            .map(|r| r.map(|(b, _)| b).map_err(DataFusionError::from));
+        adapt(schema, s)
     }
 }

@@ -12,14 +12,10 @@ use crate::spec::{canonical_json, Pipeline};
 use crate::train::models::Model;
 use crate::train::optim::AdamW;
 
-pub const STATE_VERSION: u32 = 1;
+/// 2: the stream position is a [`StreamCursor`] (window, offset, mixture state), not a batch count.
+pub const STATE_VERSION: u32 = 2;
 
-/// Where the stream stands: the next batch to train on is batch `batch` of epoch `epoch`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub epoch: u32,
-    pub batch: u64,
-}
+pub use crate::stream::StreamCursor as Cursor;
 
 /// `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -310,7 +310,8 @@ impl Trainer {
 
 type Ready = Result<(Cursor, TrainBatch)>;
 
-/// Runs the pipeline from `start` forever (epoch after epoch), sending converted batches.
+/// Runs the pipeline from `start` forever (pass after pass), sending converted batches with
+/// the cursor after each.
 async fn produce(
     plan: Arc<Plan>,
     split: Split,
@@ -318,41 +319,30 @@ async fn produce(
     convert: impl Fn(RecordBatch) -> Result<TrainBatch> + Send + Sync + Clone + 'static,
     tx: tokio::sync::mpsc::Sender<Ready>,
 ) {
-    let (mut epoch, mut skip) = (start.epoch, start.batch);
-    loop {
-        let mut stream = plan.epoch_batches(epoch, split);
-        let mut index = 0u64;
-        while let Some(batch) = stream.next().await {
-            index += 1;
-            let item = match batch {
-                Err(e) => Err(Error::from(e)),
-                Ok(_) if index <= skip => continue,
-                // Building masks and copying to the device is CPU work: off the async workers.
-                Ok(b) => {
-                    let convert = convert.clone();
-                    match tokio::task::spawn_blocking(move || convert(b)).await {
-                        Ok(t) => t.map(|t| (Cursor { epoch, batch: index }, t)),
-                        Err(e) => Err(Error::internal(format!("converting a batch stopped: {e}"))),
-                    }
+    let mut stream = plan.batches_from(split, start);
+    while let Some(item) = stream.next().await {
+        let item = match item {
+            Err(e) => Err(e),
+            // Building masks and copying to the device is CPU work: off the async workers.
+            Ok((b, cursor)) => {
+                let convert = convert.clone();
+                match tokio::task::spawn_blocking(move || convert(b)).await {
+                    Ok(t) => t.map(|t| (cursor, t)),
+                    Err(e) => Err(Error::internal(format!("converting a batch stopped: {e}"))),
                 }
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return;
             }
-        }
-        if index == 0 {
-            let _ = tx
-                .send(Err(Error::data_hint(
-                    "the source produced no training examples",
-                    "check `source.path`, `source.sql` and the eval split (`train.eval.fraction`)",
-                )))
-                .await;
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
             return;
         }
-        epoch += 1;
-        skip = 0;
     }
+    let _ = tx
+        .send(Err(Error::data_hint(
+            "the source produced no training examples",
+            "check `source.path`, `source.sql` and the eval split (`train.eval.fraction`)",
+        )))
+        .await;
 }
 
 /// Trains `plan` as its `train:` section says; the pipeline runs on `rt`.
@@ -371,7 +361,7 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
     let mut state = State {
         version: checkpoint::STATE_VERSION,
         step: 0,
-        cursor: Cursor::default(),
+        cursor: Cursor::start(0, plan.sources.len()),
         pipeline_hash: hash.clone(),
         settings: settings_json.clone(),
         data: plan.data_identity(),
@@ -494,7 +484,7 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Ready>(cfg.prefetch as usize);
     let (kind, pad, vocab, dev, dtype) = (trainer.kind, trainer.pad_id, trainer.vocab, device.clone(), trainer.dtype);
     let convert = move |b: RecordBatch| to_inputs(kind, &b, pad, vocab, &dev, dtype);
-    let mut producer = rt.spawn(produce(plan.clone(), train_split, state.cursor, convert, tx));
+    let mut producer = rt.spawn(produce(plan.clone(), train_split, state.cursor.clone(), convert, tx));
 
     let bar = progress_bar(opts.progress_bar, start_step, cfg.steps);
     let every = cfg.checkpoint.every_steps.unwrap_or(500);
