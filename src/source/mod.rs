@@ -82,7 +82,7 @@ impl SourceStats {
 }
 
 /// This process's share: documents whose ordinal (in scan order) is `rank` modulo `world_size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shard {
     pub rank: u64,
     pub world_size: u64,
@@ -461,7 +461,9 @@ impl Source {
     /// [`SourceStats`] (once per run, not per epoch).
     pub fn scan(&self, shard: Shard, opts: ScanOptions) -> BatchStream {
         let schema = self.scan_schema();
-        let s = self.scan_inner(shard, opts, None).map(|r| r.map(|(_, b)| b).map_err(datafusion::error::DataFusionError::from));
+        let s = self
+            .scan_inner(shard, opts, None)
+            .map(|r| r.map(|(_, b)| b).map_err(datafusion::error::DataFusionError::from));
         Box::pin(RecordBatchStreamAdapter::new(schema, s))
     }
 
@@ -591,8 +593,7 @@ impl Source {
                     .map_err(|e| Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())))?;
                 st.current = Some((stream, fi, 0));
             }
-        })
-        ;
+        });
         Box::pin(stream)
     }
 
@@ -799,10 +800,7 @@ impl Sharder {
         }
         if self.ordinal % self.window_rows == 0 {
             if let Some(starts) = &self.starts {
-                starts.record(WindowStart {
-                    window,
-                    at: ScanStart { file: self.file, row, ordinal: self.ordinal },
-                });
+                starts.record(WindowStart { window, at: ScanStart { file: self.file, row, ordinal: self.ordinal } });
             }
         }
         let mine = self.ordinal % self.shard.world_size == self.shard.rank;

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::source::{ScanStart, WindowStarts};
+use crate::source::{ScanStart, Shard, WindowStarts};
 use crate::spec::MixtureStop;
 
 /// The `source` column: the member's name, dictionary-encoded.
@@ -78,21 +78,41 @@ impl MixState {
 }
 
 /// How far a member's current pass has been delivered: `offset` examples of window `window`,
-/// which begins at `start` (`None`: the start of the pass).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// whose rows the scan reaches from `start` (`None`: the start of the pass). After an elastic
+/// resume, `leftovers` (other ranks' unfinished shares of earlier windows) come first.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct MemberPos {
     pub window: u64,
     pub offset: u64,
+    pub start: Option<ScanStart>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<Leftover>,
+}
+
+/// One rank's share of one window, partly delivered before the world size changed: the rank
+/// of the old world finishes nowhere, so a rank of the new world delivers the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leftover {
+    pub shard: Shard,
+    pub window: u64,
+    pub offset: u64,
+    /// Where the scan reaches the window's rows from.
     pub start: Option<ScanStart>,
 }
 
 /// Where a stream stands after a batch: restoring it continues with the next batch exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StreamCursor {
+    /// The shard that delivered the batches (`None`: set when first used).
+    #[serde(default)]
+    pub shard: Option<Shard>,
     /// The pass over the data (`stream.epochs` counts them).
     pub epoch: u32,
     /// Batches delivered in this pass.
     pub batches: u64,
+    /// The pass is over: restoring gives the next pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
     pub mix: MixState,
     /// Per source, in the order written.
     pub members: Vec<MemberPos>,
@@ -101,12 +121,111 @@ pub struct StreamCursor {
 impl StreamCursor {
     /// The start of pass `epoch` over `n` sources.
     pub fn start(epoch: u32, n: usize) -> Self {
-        StreamCursor { epoch, batches: 0, mix: MixState::new(n), members: vec![MemberPos::default(); n] }
+        StreamCursor {
+            shard: None,
+            epoch,
+            batches: 0,
+            finished: false,
+            mix: MixState::new(n),
+            members: vec![MemberPos::default(); n],
+        }
+    }
+
+    /// Elastic resume: the cursors of every rank of a world (all after the same number of
+    /// batches, as data-parallel training keeps them) become cursors for `world_size` new
+    /// ranks that together deliver exactly what the old ranks had not: each old rank's
+    /// unfinished windows become leftovers dealt round-robin to the new ranks, and the windows
+    /// no old rank had reached are shared by the new world. Mixture counts carry over (summed).
+    pub fn rebalance(old: &[StreamCursor], world_size: u64) -> Result<Vec<StreamCursor>> {
+        let first = old.first().ok_or_else(|| crate::Error::data("no cursors to rebalance"))?;
+        let old_world = old.len() as u64;
+        let epoch = first.epoch;
+        if old.iter().any(|c| c.epoch != epoch || c.members.len() != first.members.len()) {
+            return Err(crate::Error::data_hint(
+                "the cursors to rebalance are from different passes or pipelines",
+                "give the cursors of every rank of one run, saved after the same step",
+            ));
+        }
+        for (r, c) in old.iter().enumerate() {
+            if c.shard.is_some_and(|s| s.rank != r as u64 || s.world_size != old_world) {
+                return Err(crate::Error::data_hint(
+                    format!("cursor {r} belongs to rank {:?} of another world", c.shard),
+                    "give the cursors of ranks 0 … world_size-1 in rank order",
+                ));
+            }
+        }
+        if world_size == 0 {
+            return Err(crate::Error::data("the new world size must be at least 1"));
+        }
+        let n = first.members.len();
+        if let Some(i) = (0..n).find(|&i| old.iter().any(|c| c.mix.restarts[i] != first.mix.restarts[i])) {
+            return Err(crate::Error::data_hint(
+                format!("the ranks are in different runs over source #{i} (some restarted it): their positions cannot be combined"),
+                "resume with the same world size, or from a checkpoint taken before any source ran out",
+            ));
+        }
+        let mut out: Vec<StreamCursor> = (0..world_size)
+            .map(|r| StreamCursor {
+                shard: Some(Shard { rank: r, world_size }),
+                epoch,
+                batches: 0,
+                finished: old.iter().all(|c| c.finished),
+                mix: MixState::new(n),
+                members: vec![MemberPos::default(); n],
+            })
+            .collect();
+        for i in 0..n {
+            // A member that ran out in this pass restarted: its positions are per run, and a
+            // restarted run is shared like a fresh one.
+            let mut items: Vec<Leftover> = Vec::new();
+            let w_max = old.iter().map(|c| c.members[i].window).max().unwrap_or(0);
+            let reached = old.iter().any(|c| c.members[i].start.is_some() || c.members[i].offset > 0);
+            for (r, c) in old.iter().enumerate() {
+                let m = &c.members[i];
+                let shard = c.shard.unwrap_or(Shard { rank: r as u64, world_size: old_world });
+                items.extend(m.leftovers.iter().copied());
+                if !reached {
+                    continue;
+                }
+                for w in m.window..=w_max {
+                    items.push(Leftover {
+                        shard,
+                        window: w,
+                        offset: if w == m.window { m.offset } else { 0 },
+                        start: m.start,
+                    });
+                }
+            }
+            // The earliest start any rank knows reaches every later window's rows.
+            let start = old.iter().filter_map(|c| c.members[i].start).min_by_key(|s| s.ordinal);
+            for (j, item) in items.into_iter().enumerate() {
+                out[j % world_size as usize].members[i].leftovers.push(item);
+            }
+            for c in &mut out {
+                c.members[i].window = if reached { w_max + 1 } else { 0 };
+                c.members[i].start = start;
+            }
+        }
+        // The schedule continues from the combined counts, spread over the new ranks.
+        for i in 0..n {
+            let taken: u64 = old.iter().map(|c| c.mix.taken[i]).sum();
+            let restarts = old.iter().map(|c| c.mix.restarts[i]).max().unwrap_or(0);
+            let done = old.iter().any(|c| c.mix.done[i]);
+            for (r, c) in out.iter_mut().enumerate() {
+                c.mix.taken[i] = taken / world_size + u64::from((r as u64) < taken % world_size);
+                c.mix.restarts[i] = restarts;
+                c.mix.done[i] = done;
+            }
+        }
+        Ok(out)
     }
 }
 
-/// Window-tagged examples of one member.
-pub type Windows = BoxStream<'static, Result<(u64, RecordBatch)>>;
+/// Which part of a member's stream an item comes from: leftover `j`, or the member's own share.
+pub const OWN: usize = usize::MAX;
+
+/// Examples of one member tagged with their segment (see [`OWN`]) and window.
+pub type Windows = BoxStream<'static, Result<(usize, u64, RecordBatch)>>;
 
 /// Opens member `i`'s examples for its `restart`-th run in this pass, from `pos`, recording
 /// window starts into the given table.
@@ -115,7 +234,9 @@ pub type Opener = Arc<dyn Fn(usize, u32, MemberPos, Arc<WindowStarts>) -> Window
 struct Member {
     stream: Option<Windows>,
     starts: Arc<WindowStarts>,
-    batch: Option<(u64, RecordBatch)>,
+    batch: Option<(usize, u64, RecordBatch)>,
+    /// Leftovers of the opened stream already finished and dropped from `pos`.
+    finished_leftovers: usize,
     row: usize,
     /// Where `batch` sits in the chunk being assembled.
     slot: Option<usize>,
@@ -141,10 +262,18 @@ impl Mixer {
     async fn advance(&mut self, i: usize) -> Result<bool> {
         loop {
             let m = &mut self.members[i];
-            if let Some((w, b)) = &m.batch {
+            if let Some((seg, w, b)) = &m.batch {
                 if m.row < b.num_rows() {
-                    if *w != m.pos.window {
-                        m.pos = MemberPos { window: *w, offset: 0, start: m.starts.get(*w).map(|s| s.at) };
+                    // Leftovers before this item's segment are finished.
+                    let live = if *seg == OWN { usize::MAX } else { *seg };
+                    while m.finished_leftovers < live && !m.pos.leftovers.is_empty() {
+                        m.pos.leftovers.remove(0);
+                        m.finished_leftovers += 1;
+                    }
+                    if *seg == OWN && *w != m.pos.window {
+                        m.pos.window = *w;
+                        m.pos.offset = 0;
+                        m.pos.start = m.starts.get(*w).map(|s| s.at);
                     }
                     return Ok(true);
                 }
@@ -154,7 +283,8 @@ impl Mixer {
             let stream = match m.stream.as_mut() {
                 Some(s) => s,
                 None => {
-                    let s = (self.open)(i, self.cursor.mix.restarts[i], m.pos, m.starts.clone());
+                    m.finished_leftovers = 0;
+                    let s = (self.open)(i, self.cursor.mix.restarts[i], m.pos.clone(), m.starts.clone());
                     m.stream.insert(s)
                 }
             };
@@ -187,7 +317,7 @@ impl Mixer {
 
     /// The next `chunk` rows (fewer at the end of the pass) and the cursor after them.
     async fn next_chunk(&mut self) -> Result<Option<(RecordBatch, StreamCursor)>> {
-        if self.finished {
+        if self.finished || self.cursor.finished {
             return Ok(None);
         }
         let mut batches: Vec<RecordBatch> = Vec::new();
@@ -209,14 +339,17 @@ impl Mixer {
             let slot = match m.slot {
                 Some(s) => s,
                 None => {
-                    batches.push(m.batch.as_ref().map(|(_, b)| b.clone()).expect("advance made a row current"));
+                    batches.push(m.batch.as_ref().map(|(_, _, b)| b.clone()).expect("advance made a row current"));
                     m.slot = Some(batches.len() - 1);
                     batches.len() - 1
                 }
             };
             picks.push((slot, m.row));
             m.row += 1;
-            m.pos.offset += 1;
+            match m.batch.as_ref().map(|(seg, _, _)| *seg) {
+                Some(OWN) | None => m.pos.offset += 1,
+                Some(_) => m.pos.leftovers[0].offset += 1,
+            }
             members.push(i as i16);
             self.cursor.mix.taken[i] += 1;
             self.counts.examples[i].fetch_add(1, Ordering::Relaxed);
@@ -232,7 +365,8 @@ impl Mixer {
             columns.push(Arc::new(DictionaryArray::<Int16Type>::try_new(keys, names.clone())?));
         }
         self.cursor.batches += 1;
-        self.cursor.members = self.members.iter().map(|m| m.pos).collect();
+        self.cursor.finished = self.finished;
+        self.cursor.members = self.members.iter().map(|m| m.pos.clone()).collect();
         Ok(Some((RecordBatch::try_new(self.schema.clone(), columns)?, self.cursor.clone())))
     }
 }
@@ -265,9 +399,10 @@ pub fn mix(
                 stream: None,
                 starts: Arc::new(WindowStarts::default()),
                 batch: None,
+                finished_leftovers: 0,
                 row: 0,
                 slot: None,
-                pos: *pos,
+                pos: pos.clone(),
             })
             .collect(),
         cursor,

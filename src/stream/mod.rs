@@ -24,7 +24,7 @@ use crate::source::{ScanOptions, Split, WindowStarts};
 use crate::task::TaskContext;
 use crate::tokenize::{Encoded, Framing, TextTokenizer};
 use crate::BatchStream;
-pub use mix::{source_field, with_source, MemberPos, MixCounts, MixState, StreamCursor};
+pub use mix::{source_field, with_source, Leftover, MemberPos, MixCounts, MixState, StreamCursor};
 pub use pack::{row_key, rows_schema, Packer, Packing};
 pub use shuffle::{Rebatch, WindowShuffle};
 
@@ -228,9 +228,19 @@ fn record_examples(
 /// Rows of the source per window when shuffling is off (see [`Plan::window_rows`]).
 pub const DEFAULT_WINDOW_ROWS: u64 = 65_536;
 
+/// Part of a member's stream: a shard's rows of some windows, from a scan position.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    shard: crate::source::Shard,
+    start: Option<crate::source::ScanStart>,
+    first: u64,
+    last: Option<u64>,
+    skip: u64,
+}
+
 /// A stream handing out the items of a shared, window-tagged scan one window at a time.
 struct SharedScan {
-    scan: mix::Windows,
+    scan: futures::stream::BoxStream<'static, Result<(u64, RecordBatch)>>,
     peeked: Option<Result<(u64, RecordBatch)>>,
 }
 
@@ -279,8 +289,9 @@ impl Plan {
         self.shuffle_window.map(|w| w as u64).unwrap_or(DEFAULT_WINDOW_ROWS)
     }
 
-    /// Member `i`'s examples of one run over its data (`epoch`), from `pos`, tagged with their
-    /// window, shuffled inside each window when configured. Window starts go to `starts`.
+    /// Member `i`'s examples of one run over its data (`epoch`), from `pos`: its leftovers
+    /// first (after an elastic resume), then its own share, each item tagged with its segment
+    /// and window, shuffled inside each window when configured. Window starts go to `starts`.
     pub fn member_windows(
         self: &Arc<Self>,
         i: usize,
@@ -289,22 +300,44 @@ impl Plan {
         pos: MemberPos,
         starts: Arc<WindowStarts>,
     ) -> mix::Windows {
+        let mut segments: Vec<mix::Windows> = Vec::new();
+        for (j, l) in pos.leftovers.iter().enumerate() {
+            let seg = Segment { shard: l.shard, start: l.start, first: l.window, last: Some(l.window), skip: l.offset };
+            segments.push(self.segment(i, epoch, split, seg, None, j));
+        }
+        let fresh = pos.leftovers.is_empty() && pos.start.is_none() && pos.window == 0 && pos.offset == 0;
+        let own = Segment { shard: self.shard, start: pos.start, first: pos.window, last: None, skip: pos.offset };
+        let count = fresh && epoch == 0 && split == Split::All;
+        segments.push(self.segment(i, epoch, split, own, Some((starts, count)), mix::OWN));
+        futures::stream::iter(segments).flatten().boxed()
+    }
+
+    /// One segment of a member's stream: `seg.shard`'s share of windows `seg.first ..=
+    /// seg.last`, scanning from `seg.start`, the first `seg.skip` examples dropped.
+    fn segment(
+        self: &Arc<Self>,
+        i: usize,
+        epoch: u32,
+        split: Split,
+        seg: Segment,
+        own: Option<(Arc<WindowStarts>, bool)>,
+        tag: usize,
+    ) -> mix::Windows {
         let source = &self.sources[i];
         // With shuffling on, every epoch also reads the files in its own seeded order.
         let shuffle_seed = self
             .shuffle_window
             .map(|_| xxhash_rust::xxh3::xxh3_64_with_seed(&(epoch as u64).to_le_bytes(), self.seed ^ 0x4649_4c45));
-        let from_start = pos.start.is_none() && pos.window == 0 && pos.offset == 0;
         let opts = ScanOptions {
             shuffle_seed,
-            count: epoch == 0 && split == Split::All && from_start,
+            count: own.as_ref().is_some_and(|o| o.1),
             split,
-            start: pos.start.unwrap_or_default(),
+            start: seg.start.unwrap_or_default(),
             window_rows: self.window_rows(),
-            starts: Some(starts),
+            starts: own.map(|o| o.0),
         };
         let pretext = source.format == crate::spec::Format::Pretext;
-        let scan = source.scan_windows(self.shard, opts, pretext.then(|| self.task.output_schema()));
+        let scan = source.scan_windows(seg.shard, opts, pretext.then(|| self.task.output_schema()));
         let rows_schema = if pretext { self.task.output_schema() } else { source.scan_schema() };
         let shared = Arc::new(tokio::sync::Mutex::new(SharedScan { scan, peeked: None }));
         let plan = self.clone();
@@ -312,31 +345,49 @@ impl Plan {
             let plan = plan.clone();
             let rows_schema = rows_schema.clone();
             async move {
-                let peeked = shared.lock().await.peek_window().await;
-                let w = match peeked? {
-                    Ok(w) => w,
-                    Err(()) => {
-                        let e = shared.lock().await.peeked.take().and_then(|r| r.err())?;
-                        let failed: mix::Windows = futures::stream::once(async move { Err(e) }).boxed();
-                        return Some((failed, shared));
+                loop {
+                    let peeked = shared.lock().await.peek_window().await;
+                    let w = match peeked? {
+                        Ok(w) => w,
+                        Err(()) => {
+                            let e = shared.lock().await.peeked.take().and_then(|r| r.err())?;
+                            let failed: mix::Windows = futures::stream::once(async move { Err(e) }).boxed();
+                            return Some((failed, shared));
+                        }
+                    };
+                    if seg.last.is_some_and(|l| w > l) {
+                        return None;
                     }
-                };
-                let rows = window_rows_of(shared.clone(), w, rows_schema);
-                let examples = plan.window_examples(i, epoch, w, rows, pretext);
-                let tagged: mix::Windows = examples.map(move |r| r.map(|b| (w, b)).map_err(Error::from)).boxed();
-                Some((tagged, shared))
+                    let rows = window_rows_of(shared.clone(), w, rows_schema.clone());
+                    if w < seg.first {
+                        // Read past (another segment delivers this window).
+                        let mut rows = rows;
+                        while let Some(r) = rows.next().await {
+                            if let Err(e) = r {
+                                let failed: mix::Windows =
+                                    futures::stream::once(async move { Err(Error::from(e)) }).boxed();
+                                return Some((failed, shared));
+                            }
+                        }
+                        continue;
+                    }
+                    let examples = plan.window_examples(i, epoch, w, rows, pretext);
+                    let tagged: mix::Windows =
+                        examples.map(move |r| r.map(|b| (tag, w, b)).map_err(Error::from)).boxed();
+                    return Some((tagged, shared));
+                }
             }
         })
         .flatten();
-        // Resuming inside a window: its first `offset` examples were delivered before.
-        let (skip_window, mut skip) = (pos.window, pos.offset);
+        // Resuming inside a window: its first `skip` examples were delivered before.
+        let (skip_window, mut skip) = (seg.first, seg.skip);
         windows
             .filter_map(move |item| {
                 let out = match item {
-                    Ok((w, b)) if w == skip_window && skip > 0 => {
+                    Ok((t, w, b)) if w == skip_window && skip > 0 => {
                         let n = (skip as usize).min(b.num_rows());
                         skip -= n as u64;
-                        (n < b.num_rows()).then(|| Ok((w, b.slice(n, b.num_rows() - n))))
+                        (n < b.num_rows()).then(|| Ok((t, w, b.slice(n, b.num_rows() - n))))
                     }
                     other => Some(other),
                 };
@@ -346,7 +397,14 @@ impl Plan {
     }
 
     /// The examples of window `w` of member `i`, made from the window's `rows`, shuffled.
-    fn window_examples(self: &Arc<Self>, i: usize, epoch: u32, w: u64, rows: BatchStream, pretext: bool) -> BatchStream {
+    fn window_examples(
+        self: &Arc<Self>,
+        i: usize,
+        epoch: u32,
+        w: u64,
+        rows: BatchStream,
+        pretext: bool,
+    ) -> BatchStream {
         let source = &self.sources[i];
         let schema = self.task.output_schema();
         let examples = if pretext {
@@ -381,7 +439,13 @@ impl Plan {
                 // Each window draws its own permutations.
                 let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&w.to_le_bytes(), self.seed ^ 0x5749_4e44);
                 let sh = WindowShuffle::new(schema.clone(), size, seed, epoch);
-                stateful(examples, schema, sh, |s, b| s.push(b), |mut s| async move { Ok(s.flush()?.into_iter().collect()) })
+                stateful(
+                    examples,
+                    schema,
+                    sh,
+                    |s, b| s.push(b),
+                    |mut s| async move { Ok(s.flush()?.into_iter().collect()) },
+                )
             }
         }
     }
@@ -396,6 +460,18 @@ impl Plan {
         let plan = self.clone();
         let epochs = self.epochs.max(1);
         let epoch = cursor.epoch;
+        if let Some(s) = cursor.shard.filter(|s| *s != self.shard) {
+            let e = Error::data_hint(
+                format!(
+                    "the stream position was saved by rank {} of {}, and this is rank {} of {}",
+                    s.rank, s.world_size, self.shard.rank, self.shard.world_size
+                ),
+                "resume with the same RANK / WORLD_SIZE (`stream.shard`), or rebalance the ranks' cursors for the new world (`StreamCursor::rebalance`)",
+            );
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        let mut cursor = cursor;
+        cursor.shard = Some(self.shard);
         // A member's `r`-th restart within pass `epoch` reads as epoch `epoch + r · epochs`, so
         // no two runs over a member draw the same masks or order.
         let open: mix::Opener = Arc::new(move |i, restart, pos, starts| {
@@ -427,8 +503,14 @@ impl Plan {
             epoch: u32,
             produced: bool,
         }
-        let first = Passes { plan: self.clone(), current: self.pass_from(split, cursor.clone()), epoch: cursor.epoch, produced: false };
-        // A pass that yields nothing ends the stream (an empty source would otherwise spin).
+        let first = Passes {
+            plan: self.clone(),
+            current: self.pass_from(split, cursor.clone()),
+            epoch: cursor.epoch,
+            // A cursor saved at the very end of a pass restores to an empty rest of that pass.
+            produced: true,
+        };
+        // A fresh pass that yields nothing ends the stream (an empty source would otherwise spin).
         futures::stream::unfold(first, move |mut st| async move {
             loop {
                 match st.current.next().await {
