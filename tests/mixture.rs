@@ -165,6 +165,12 @@ fn a_mixture_trains_and_previews() {
     let p = pipeline(d, "train.yaml", &yaml);
     let o = pretext(&["train", p.to_str().unwrap(), "--run-dir", "run", "--quiet"], d);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The metrics count each source's examples; equal weights keep them within one.
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap().lines().last().unwrap())
+            .unwrap();
+    let (w, c) = (last["source_examples"]["wiki"].as_i64().unwrap(), last["source_examples"]["code"].as_i64().unwrap());
+    assert!(w + c >= 12 * 32 && (w - c).abs() <= 1, "{last}");
     let o = pretext(&["preview", p.to_str().unwrap(), "-n", "2"], d);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("source"), "{}", stdout(&o));

@@ -22,12 +22,13 @@ use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
-use super::manifest::{describe_schema, hf_metadata, Part, Progress};
+use super::manifest::{describe_schema, hf_metadata, Part, Progress, ResumePoint};
 use super::progress::Meter;
 pub use super::target::{OutputState, Target, STAGING};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::spec::Compression;
+use crate::stream::StreamCursor;
 
 /// What an export did.
 #[derive(Debug, Clone)]
@@ -156,6 +157,8 @@ struct PartWriter {
 
 struct Writer {
     target: Target,
+    /// Where the stream continues after the part being closed.
+    resume: Option<ResumePoint>,
     dir: PathBuf,
     schema: SchemaRef,
     props: WriterProperties,
@@ -180,7 +183,10 @@ impl Writer {
 
     /// Buffers rows and writes them in chunks that start at fixed offsets inside the part, so a
     /// resumed export calls the Parquet writer with the same slices as an uninterrupted one.
-    async fn push(&mut self, mut batch: RecordBatch) -> Result<()> {
+    /// `before`: the stream cursor before this batch's first row, of which `skipped` rows were
+    /// dropped before `batch`; a part that ends inside the batch records where to resume.
+    async fn push(&mut self, mut batch: RecordBatch, before: &StreamCursor, skipped: u64) -> Result<()> {
+        let mut consumed = skipped;
         while batch.num_rows() > 0 {
             if self.current.is_none() {
                 self.open_part()?;
@@ -191,10 +197,12 @@ impl Writer {
             let take = (target - self.pending_rows).min(batch.num_rows());
             self.pending.push(batch.slice(0, take));
             self.pending_rows += take;
+            consumed += take as u64;
             batch = batch.slice(take, batch.num_rows() - take);
             if self.pending_rows == target {
                 self.flush_chunk()?;
                 if self.current.as_ref().is_some_and(|p| p.rows == self.rows_per_file) {
+                    self.resume = Some(ResumePoint { cursor: before.clone(), skip: consumed });
                     self.close_part().await?;
                 }
             }
@@ -238,6 +246,7 @@ impl Writer {
         let name = part_name(part.index);
         let bytes = std::fs::read(&part.tmp).map_err(|e| Error::io(&part.tmp, "read back", e))?;
         let done = Part {
+            resume: self.resume.take(),
             file: name.clone(),
             rows: part.rows,
             tokens: part.tokens,
@@ -463,6 +472,7 @@ async fn write_parts(
     let chunk = (spec.row_group_rows as usize).min(spec.rows_per_file as usize).min((1 << 22) / width).max(1);
     let mut writer = Writer {
         target: opts.target.clone(),
+        resume: None,
         dir: opts.target.work_dir(),
         schema: schema.clone(),
         props,
@@ -474,21 +484,47 @@ async fn write_parts(
         progress,
     };
     let meter = Meter::new(opts.progress_bar, "exporting");
-    let mut stream = plan.stream();
+    // Resume from the stream position saved with the last finished part: one window is
+    // regenerated, not the examples of the finished parts.
+    let n = plan.sources.len();
+    let mut from = StreamCursor::start(0, n);
+    if let Some(r) = writer.progress.parts.last().and_then(|p| p.resume.clone()) {
+        from = r.cursor;
+        skip = r.skip;
+    }
+    let plan2 = plan.clone();
+    let first = from.epoch;
+    let mut stream = futures::stream::iter(first..plan.epochs)
+        .map(move |e| {
+            let c = if e == first { from.clone() } else { StreamCursor::start(e, n) };
+            let before = c.clone();
+            // Each batch with the cursor before it.
+            plan2
+                .pass_from(crate::source::Split::All, c)
+                .scan(before, |prev, item| {
+                    let out = item.map(|(b, after)| (b, std::mem::replace(prev, after)));
+                    futures::future::ready(Some(out))
+                })
+                .boxed()
+        })
+        .flatten();
     let result: Result<()> = async {
         opts.target.save_progress(&writer.progress).await?;
-        while let Some(batch) = stream.next().await {
-            let mut batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())?;
+        while let Some(item) = stream.next().await {
+            let (batch, before) = item?;
+            let mut batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+            let mut skipped = 0;
             if skip > 0 {
                 let s = skip.min(batch.num_rows() as u64) as usize;
                 skip -= s as u64;
+                skipped = s;
                 batch = batch.slice(s, batch.num_rows() - s);
             }
             if batch.num_rows() == 0 {
                 continue;
             }
             meter.add(batch.num_rows() as u64, tokens_in(&batch));
-            writer.push(batch).await?;
+            writer.push(batch, &before, skipped as u64).await?;
         }
         writer.close_part().await
     }

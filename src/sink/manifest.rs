@@ -24,6 +24,16 @@ pub struct Part {
     pub bytes: u64,
     /// xxh3-64 of the file's bytes, hex.
     pub xxh3: String,
+    /// Where the stream continues after this part (the resume point of `--resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumePoint>,
+}
+
+/// A position between two examples: `skip` examples after the batch boundary `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    pub cursor: crate::stream::StreamCursor,
+    pub skip: u64,
 }
 
 /// State of an export in progress.

@@ -50,6 +50,35 @@ pub struct SourceStats {
 pub const NAMED_UNDECODABLE: usize = 5;
 
 impl SourceStats {
+    /// rows, null texts, blank texts, documents, null images, files read, files pruned.
+    pub fn counters(&self) -> [u64; 7] {
+        [
+            self.rows.load(Ordering::Relaxed),
+            self.null_text.load(Ordering::Relaxed),
+            self.blank_text.load(Ordering::Relaxed),
+            self.documents.load(Ordering::Relaxed),
+            self.null_image.load(Ordering::Relaxed),
+            self.files_read.load(Ordering::Relaxed),
+            self.files_pruned.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Sets the counters (a resumed scan continues from the values at its start).
+    pub fn restore(&self, c: [u64; 7]) {
+        let all = [
+            &self.rows,
+            &self.null_text,
+            &self.blank_text,
+            &self.documents,
+            &self.null_image,
+            &self.files_read,
+            &self.files_pruned,
+        ];
+        for (a, v) in all.into_iter().zip(c) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "rows_read": self.rows.load(Ordering::Relaxed),
@@ -502,6 +531,9 @@ impl Source {
             use rand::SeedableRng;
             order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
         }
+        if opts.count {
+            self.stats.restore(opts.start.counts.unwrap_or_default());
+        }
         let state = ScanState {
             source: self.clone(),
             ctx: new_context(self.remote.as_ref()),
@@ -702,6 +734,10 @@ pub struct ScanStart {
     pub file: u64,
     pub row: u64,
     pub ordinal: u64,
+    /// The first pass's read counters at this row ([`SourceStats::counters`]), so a resumed
+    /// export's manifest counts every row once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<[u64; 7]>,
 }
 
 /// Where a window begins.
@@ -793,14 +829,15 @@ struct Sharder {
 impl Sharder {
     /// Whether the next row that passed the filters (the `row`-th of its file) belongs to this
     /// split and shard, and its window.
-    fn mine(&mut self, key: u64, row: u64) -> (bool, u64) {
+    fn mine(&mut self, key: u64, row: u64, counts: impl FnOnce() -> Option<[u64; 7]>) -> (bool, u64) {
         let window = self.ordinal / self.window_rows;
         if !self.split.contains(key) {
             return (false, window);
         }
         if self.ordinal % self.window_rows == 0 {
             if let Some(starts) = &self.starts {
-                starts.record(WindowStart { window, at: ScanStart { file: self.file, row, ordinal: self.ordinal } });
+                let at = ScanStart { file: self.file, row, ordinal: self.ordinal, counts: counts() };
+                starts.record(WindowStart { window, at });
             }
         }
         let mine = self.ordinal % self.shard.world_size == self.shard.rank;
@@ -823,6 +860,14 @@ fn split_windows(batch: &RecordBatch, windows: &[u64]) -> Result<Vec<(u64, Recor
 }
 
 impl ScanState {
+    /// The counters before the current batch, with the current file not yet counted as read
+    /// (a scan resumed in this file counts it when it opens it).
+    fn base_counts(&self) -> [u64; 7] {
+        let mut c = self.source.stats.counters();
+        c[5] = c[5].saturating_sub(1);
+        c
+    }
+
     /// Ready-made examples: the task's columns, filtered by split and shard.
     fn examples(
         &mut self,
@@ -845,8 +890,16 @@ impl ScanState {
         })?;
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut windows = Vec::new();
+        let base = self.count.then(|| self.base_counts());
         for (i, &k) in keys.values().iter().enumerate() {
-            let (mine, w) = self.sharder.mine(k, row + i as u64);
+            let docs = windows.len() as u64;
+            let (mine, w) = self.sharder.mine(k, row + i as u64, || {
+                base.map(|mut c| {
+                    c[0] += i as u64;
+                    c[3] += docs;
+                    c
+                })
+            });
             keep.push(mine);
             if mine {
                 windows.push(w);
@@ -926,12 +979,21 @@ impl ScanState {
         let mut windows = Vec::new();
         let mut nulls = 0u64;
         let mut docs = 0u64;
+        let base = self.count.then(|| self.base_counts());
         for (i, &key) in keys.iter().enumerate() {
             let ok = if null_images.as_ref().is_some_and(|b| b.is_null(i)) {
                 nulls += 1;
                 false
             } else {
-                let (mine, w) = self.sharder.mine(key, row + i as u64);
+                let (n, d) = (nulls, docs);
+                let (mine, w) = self.sharder.mine(key, row + i as u64, || {
+                    base.map(|mut c| {
+                        c[0] += i as u64;
+                        c[3] += d;
+                        c[4] += n;
+                        c
+                    })
+                });
                 if mine {
                     windows.push(w);
                 }
@@ -974,6 +1036,7 @@ impl ScanState {
         let mut keep = Vec::with_capacity(n);
         let mut windows = Vec::new();
         let (mut nulls, mut blanks, mut docs) = (0u64, 0u64, 0u64);
+        let base = self.count.then(|| self.base_counts());
         for (i, &key) in keys.iter().enumerate() {
             let ok = if text.is_null(i) {
                 nulls += 1;
@@ -982,7 +1045,16 @@ impl ScanState {
                 blanks += 1;
                 false
             } else {
-                let (mine, w) = self.sharder.mine(key, row + i as u64);
+                let (n, b, d) = (nulls, blanks, docs);
+                let (mine, w) = self.sharder.mine(key, row + i as u64, || {
+                    base.map(|mut c| {
+                        c[0] += i as u64;
+                        c[1] += n;
+                        c[2] += b;
+                        c[3] += d;
+                        c
+                    })
+                });
                 if mine {
                     windows.push(w);
                 }

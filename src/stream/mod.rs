@@ -305,9 +305,12 @@ impl Plan {
             let seg = Segment { shard: l.shard, start: l.start, first: l.window, last: Some(l.window), skip: l.offset };
             segments.push(self.segment(i, epoch, split, seg, None, j));
         }
-        let fresh = pos.leftovers.is_empty() && pos.start.is_none() && pos.window == 0 && pos.offset == 0;
+        // The first pass counts what it reads; a resumed one continues the counts saved with its
+        // window start.
+        let counted = pos.leftovers.is_empty() && (pos.start.is_none_or(|s| s.counts.is_some()));
+        let fresh = pos.start.is_none() && pos.window == 0 && pos.offset == 0;
         let own = Segment { shard: self.shard, start: pos.start, first: pos.window, last: None, skip: pos.offset };
-        let count = fresh && epoch == 0 && split == Split::All;
+        let count = (fresh || counted) && epoch == 0 && split == Split::All;
         segments.push(self.segment(i, epoch, split, own, Some((starts, count)), mix::OWN));
         futures::stream::iter(segments).flatten().boxed()
     }

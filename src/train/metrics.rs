@@ -33,6 +33,9 @@ pub struct Record {
     /// Collapse monitor: effective rank of the embeddings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_rank: Option<f64>,
+    /// A mixture: examples trained on from each source in this pass (JSON lines only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_examples: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 const COLUMNS: &str =

@@ -561,6 +561,15 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
                 let mut r = window.record(step, state.cursor.epoch, out, state.tokens_seen, eval_loss);
                 r.embedding_std = collapse.map(|c| c.embedding_std);
                 r.effective_rank = collapse.map(|c| c.effective_rank);
+                if plan.sources.len() > 1 {
+                    r.source_examples = Some(
+                        plan.sources
+                            .iter()
+                            .zip(&state.cursor.mix.taken)
+                            .map(|(s, n)| (s.name.clone().unwrap_or_default(), *n))
+                            .collect(),
+                    );
+                }
                 metrics.write(&r)?;
                 metrics.flush()?;
                 let msg = format!(
@@ -646,6 +655,7 @@ impl Window {
             eval_loss,
             embedding_std: None,
             effective_rank: None,
+            source_examples: None,
         }
     }
 }
