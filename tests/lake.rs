@@ -353,6 +353,21 @@ impl S3 {
         keys
     }
 
+    /// The parts of the finished export at `lake/<prefix>`, checking that nothing but the
+    /// dataset is visible there.
+    fn finished_parts(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let keys = self.keys("lake", &format!("{prefix}/"));
+        assert!(keys.iter().all(|k| !k.contains(".pretext-partial")), "{keys:?}");
+        assert!(keys.contains(&format!("{prefix}/_manifest.json")), "{keys:?}");
+        keys.iter()
+            .filter_map(|k| {
+                k.strip_prefix(&format!("{prefix}/"))
+                    .filter(|n| n.starts_with("part-"))
+                    .map(|n| (n.to_string(), self.get("lake", k).unwrap()))
+            })
+            .collect()
+    }
+
     /// Options for pipelines reading or writing this server.
     fn options(&self) -> String {
         format!("{{ endpoint: '{}', allow_http: true, region: us-east-1 }}", self.endpoint())
@@ -430,18 +445,7 @@ fn s3_sources_and_exports_match_local_ones_and_resume_there() {
     // Export into the bucket: the same parts, nothing but the dataset visible at the end.
     let o = run("local.yaml", "{ path: corpus }", "s3://lake/exports/full", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let keys = s3.keys("lake", "exports/full/");
-    assert!(keys.iter().all(|k| !k.contains(".pretext-partial")), "{keys:?}");
-    assert!(keys.contains(&"exports/full/_manifest.json".to_string()), "{keys:?}");
-    let remote: Vec<(String, Vec<u8>)> = keys
-        .iter()
-        .filter_map(|k| {
-            k.strip_prefix("exports/full/")
-                .filter(|n| n.starts_with("part-"))
-                .map(|n| (n.to_string(), s3.get("lake", k).unwrap()))
-        })
-        .collect();
-    assert_eq!(remote, local);
+    assert_eq!(s3.finished_parts("exports/full"), local);
     // A second export there is refused; an interrupted one resumes to the same bytes.
     let o = run("local.yaml", "{ path: corpus }", "s3://lake/exports/full", &[]);
     assert_eq!(o.status.code(), Some(1));
@@ -470,17 +474,7 @@ fn s3_sources_and_exports_match_local_ones_and_resume_there() {
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     let o = run("local.yaml", "{ path: corpus }", "s3://lake/exports/cut", &["--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let keys = s3.keys("lake", "exports/cut/");
-    assert!(keys.iter().all(|k| !k.contains(".pretext-partial")), "{keys:?}");
-    let resumed: Vec<(String, Vec<u8>)> = keys
-        .iter()
-        .filter_map(|k| {
-            k.strip_prefix("exports/cut/")
-                .filter(|n| n.starts_with("part-"))
-                .map(|n| (n.to_string(), s3.get("lake", k).unwrap()))
-        })
-        .collect();
-    assert_eq!(resumed, local);
+    assert_eq!(s3.finished_parts("exports/cut"), local);
 }
 
 #[test]
