@@ -519,3 +519,37 @@ fn s3_errors_name_the_bucket_and_what_to_check() {
     assert!(stderr(&o).contains("credentials"), "{}", stderr(&o));
     assert!(!d.join("out").exists());
 }
+
+#[test]
+fn training_records_the_table_version_and_resume_checks_it() {
+    let t = tempdir();
+    let d = t.path();
+    let table = d.join("table");
+    let v0 = vec![
+        json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}}),
+        json!({"metaData": {"id": "00000000-0000-0000-0000-000000000003", "format": {"provider": "parquet", "options": {}},
+            "schemaString": schema_string(), "partitionColumns": ["lang"], "configuration": {}, "createdTime": 1_700_000_000_000u64}}),
+        add(&table, "lang=en/part-0.parquet", &documents(60, 1), "en"),
+    ];
+    commit(&table, 0, &v0);
+    let yaml = "name: t\nsource: { path: table }\ntask: { mlm: { seq_len: 16 } }\nstream: { batch_size: 4 }\n\
+                train: { model: { encoder: { layers: 1, hidden: 16, heads: 2 } }, schedule: { warmup_steps: 1 }, steps: 4, checkpoint: { every_steps: 2 } }\n";
+    let p = pipeline(d, "t.yaml", yaml);
+    let o = pretext(&["train", p.to_str().unwrap(), "--run-dir", "run", "--quiet"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("run/checkpoint-0000004/state.json")).unwrap()).unwrap();
+    assert_eq!(state["data"]["delta_version"], 0, "{}", state["data"]);
+    commit(&table, 1, &[add(&table, "lang=en/part-1.parquet", &documents(10, 3), "en")]);
+    let more = ["--set", "train.steps=6"];
+    let o =
+        pretext(&[&["train", p.to_str().unwrap(), "--run-dir", "run", "--quiet", "--resume"][..], &more].concat(), d);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("version 0") && stderr(&o).contains("--allow-new-data"), "{}", stderr(&o));
+    let o = pretext(
+        &[&["train", p.to_str().unwrap(), "--run-dir", "run", "--quiet", "--resume", "--allow-new-data"][..], &more]
+            .concat(),
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
