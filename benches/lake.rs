@@ -162,6 +162,19 @@ fn bench(c: &mut Criterion) {
         );
         assert_eq!(scan_all(&rt, &remote), docs);
         g.bench_function("scan_s3", |b| b.iter(|| scan_all(&rt, &remote)));
+        // The server's floor: every file fetched whole, one after another, by object_store.
+        g.bench_function("get_s3_whole_files", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut n = 0;
+                    for f in 0..FILES {
+                        let key = format!("corpus/part-{f:02}.parquet");
+                        n += store.get(&key.as_str().into()).await.unwrap().bytes().await.unwrap().len();
+                    }
+                    n
+                })
+            })
+        });
     }
     g.finish();
 
