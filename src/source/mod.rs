@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringViewArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -535,7 +536,9 @@ impl Source {
             self.stats.restore(opts.start.counts.unwrap_or_default());
         }
         let state = ScanState {
-            source: self.clone(),
+            source: Arc::new(self.clone()),
+            first: None,
+            prefetch: None,
             ctx: new_context(self.remote.as_ref()),
             order,
             next_file: opts.start.file as usize,
@@ -559,7 +562,11 @@ impl Source {
                     return Ok(Some((item, st)));
                 }
                 if let Some((stream, file_idx, row)) = st.current.as_mut() {
-                    match stream.next().await {
+                    let next = match st.first.take() {
+                        Some(b) => Some(Ok(b)),
+                        None => stream.next().await,
+                    };
+                    match next {
                         Some(batch) => {
                             let batch = batch.map_err(|e| {
                                 Error::data(format!(
@@ -598,32 +605,32 @@ impl Source {
                 let fi = st.order[st.next_file];
                 st.sharder.file = st.next_file as u64;
                 st.next_file += 1;
-                let f = st.source.files[fi].clone();
-                let df = st.source.frame(&st.ctx, &f).await.map_err(|e| match e {
-                    FrameError::Read(e) => {
-                        Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace()))
+                // The file opened ahead while the previous one streamed, or opened now.
+                let opened = match st.prefetch.take() {
+                    Some((p, task)) if p == fi => {
+                        task.join().await.map_err(|e| Error::internal(format!("opening a file stopped: {e}")))??
                     }
-                    FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
-                })?;
-                if st.source.sql.is_some() && !f.partitions.is_empty() {
-                    let plan = df.clone().into_optimized_plan().map_err(|e| {
-                        Error::data(format!("`source.sql` on `{}`: {}", f.relative, e.strip_backtrace()))
-                    })?;
-                    if provably_empty(&plan) {
+                    _ => open_file(st.source.clone(), st.ctx.clone(), fi).await?,
+                };
+                if let Some(&next) = st.order.get(st.next_file) {
+                    let (source, ctx) = (st.source.clone(), st.ctx.clone());
+                    st.prefetch = Some((next, SpawnedTask::spawn(open_file(source, ctx, next))));
+                }
+                match opened {
+                    Opened::Pruned => {
                         if st.count {
                             st.source.stats.files_pruned.fetch_add(1, Ordering::Relaxed);
                         }
                         continue;
                     }
+                    Opened::Stream(stream, first) => {
+                        if st.count {
+                            st.source.stats.files_read.fetch_add(1, Ordering::Relaxed);
+                        }
+                        st.current = Some((stream, fi, 0));
+                        st.first = first;
+                    }
                 }
-                if st.count {
-                    st.source.stats.files_read.fetch_add(1, Ordering::Relaxed);
-                }
-                let stream: SendableRecordBatchStream = df
-                    .execute_stream()
-                    .await
-                    .map_err(|e| Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())))?;
-                st.current = Some((stream, fi, 0));
             }
         });
         Box::pin(stream)
@@ -674,6 +681,39 @@ pub fn describe_data_change(old: &serde_json::Value, new: &serde_json::Value) ->
             new["files"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "?".into())
         ),
     }
+}
+
+/// A file made ready to stream: its first batch already read (so the footer and the first
+/// row group are fetched), or pruned by `sql` on its partition values.
+enum Opened {
+    Pruned,
+    Stream(SendableRecordBatchStream, Option<RecordBatch>),
+}
+
+async fn open_file(source: Arc<Source>, ctx: SessionContext, fi: usize) -> Result<Opened> {
+    let f = &source.files[fi];
+    let df = source.frame(&ctx, f).await.map_err(|e| match e {
+        FrameError::Read(e) => Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())),
+        FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
+    })?;
+    if source.sql.is_some() && !f.partitions.is_empty() {
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .map_err(|e| Error::data(format!("`source.sql` on `{}`: {}", f.relative, e.strip_backtrace())))?;
+        if provably_empty(&plan) {
+            return Ok(Opened::Pruned);
+        }
+    }
+    let mut stream: SendableRecordBatchStream = df
+        .execute_stream()
+        .await
+        .map_err(|e| Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())))?;
+    let first = match stream.next().await {
+        Some(b) => Some(b.map_err(|e| Error::data(format!("reading `{}`: {}", f.path.display(), Error::from(e))))?),
+        None => None,
+    };
+    Ok(Opened::Stream(stream, first))
 }
 
 /// Whether the optimizer proved `plan` returns no rows (a filter on partition values that are
@@ -799,7 +839,11 @@ impl Split {
 }
 
 struct ScanState {
-    source: Source,
+    source: Arc<Source>,
+    /// The current file's first batch, read when the file was opened.
+    first: Option<RecordBatch>,
+    /// The next file in the order, being opened while the current one streams.
+    prefetch: Option<(usize, SpawnedTask<Result<Opened>>)>,
     ctx: SessionContext,
     order: Vec<usize>,
     next_file: usize,
