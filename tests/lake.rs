@@ -52,11 +52,19 @@ fn commit(table: &Path, version: u64, actions: &[serde_json::Value]) {
 
 /// Version 0: `en` (30 documents) and `de` (20); version 1 adds 10 `en` documents and removes
 /// the `de` file. Returns an RFC 3339 time between the two commits.
-fn make_table(table: &Path) -> String {
-    let v0 = vec![
+/// The actions of a first commit: protocol, metadata (partitioned by `lang`), then `adds`.
+fn create(adds: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut v = vec![
         json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}}),
         json!({"metaData": {"id": "00000000-0000-0000-0000-000000000001", "format": {"provider": "parquet", "options": {}},
             "schemaString": schema_string(), "partitionColumns": ["lang"], "configuration": {}, "createdTime": 1_700_000_000_000u64}}),
+    ];
+    v.extend(adds);
+    v
+}
+
+fn make_table(table: &Path) -> String {
+    let v0 = create(vec![
         add(table, "lang=en/part-0.parquet", &documents(30, 1), "en"),
         add(
             table,
@@ -64,7 +72,7 @@ fn make_table(table: &Path) -> String {
             &documents(20, 2).into_iter().map(|(i, t)| (i + 100, t)).collect::<Vec<_>>(),
             "de",
         ),
-    ];
+    ]);
     commit(table, 0, &v0);
     std::thread::sleep(Duration::from_millis(1100));
     let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -190,12 +198,7 @@ fn resume_refuses_a_new_table_version_unless_allowed() {
     let d = t.path();
     let table = d.join("table");
     // Only version 0 exists while the export starts.
-    let v0 = vec![
-        json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}}),
-        json!({"metaData": {"id": "00000000-0000-0000-0000-000000000002", "format": {"provider": "parquet", "options": {}},
-            "schemaString": schema_string(), "partitionColumns": ["lang"], "configuration": {}, "createdTime": 1_700_000_000_000u64}}),
-        add(&table, "lang=en/part-0.parquet", &documents(30, 1), "en"),
-    ];
+    let v0 = create(vec![add(&table, "lang=en/part-0.parquet", &documents(30, 1), "en")]);
     commit(&table, 0, &v0);
     let (o, m) = export(d, "{ path: table }", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -525,12 +528,7 @@ fn training_records_the_table_version_and_resume_checks_it() {
     let t = tempdir();
     let d = t.path();
     let table = d.join("table");
-    let v0 = vec![
-        json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}}),
-        json!({"metaData": {"id": "00000000-0000-0000-0000-000000000003", "format": {"provider": "parquet", "options": {}},
-            "schemaString": schema_string(), "partitionColumns": ["lang"], "configuration": {}, "createdTime": 1_700_000_000_000u64}}),
-        add(&table, "lang=en/part-0.parquet", &documents(60, 1), "en"),
-    ];
+    let v0 = create(vec![add(&table, "lang=en/part-0.parquet", &documents(60, 1), "en")]);
     commit(&table, 0, &v0);
     let yaml = "name: t\nsource: { path: table }\ntask: { mlm: { seq_len: 16 } }\nstream: { batch_size: 4 }\n\
                 train: { model: { encoder: { layers: 1, hidden: 16, heads: 2 } }, schedule: { warmup_steps: 1 }, steps: 4, checkpoint: { every_steps: 2 } }\n";

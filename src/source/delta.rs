@@ -12,6 +12,7 @@ use arrow::datatypes::SchemaRef;
 use deltalake_core::logstore::{default_logstore, logstore_factories, LogStore, LogStoreFactory, StorageConfig};
 use deltalake_core::{DeltaResult, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
 use url::Url;
 
 use super::files::SourceFile;
@@ -36,7 +37,12 @@ pub struct Snapshot {
 /// Where the table lives.
 pub enum Location<'a> {
     Local(&'a Path),
-    Remote { remote: &'a Remote, url: &'a str },
+    /// `prefix`: the table's key prefix in the bucket.
+    Remote {
+        remote: &'a Remote,
+        url: &'a str,
+        prefix: &'a StorePath,
+    },
 }
 
 /// Delta's own log store, read-only here, for object-store schemes deltalake has no factory
@@ -80,21 +86,13 @@ async fn versions(at: &Location<'_>) -> Vec<u64> {
         Location::Local(dir) => std::fs::read_dir(dir.join("_delta_log"))
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
             .unwrap_or_default(),
-        Location::Remote { remote, url } => {
-            let prefix = super::store::connect(url, &Default::default(), "source.storage_options")
-                .map(|(_, p)| p.clone().join("_delta_log"))
-                .ok();
-            match prefix {
-                Some(p) => remote
-                    .store
-                    .list(Some(&p))
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map(|v| v.into_iter().filter_map(|m| m.location.filename().map(str::to_string)).collect())
-                    .unwrap_or_default(),
-                None => Vec::new(),
-            }
-        }
+        Location::Remote { remote, prefix, .. } => remote
+            .store
+            .list(Some(&StorePath::clone(prefix).join("_delta_log")))
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|v| v.into_iter().filter_map(|m| m.location.filename().map(str::to_string)).collect())
+            .unwrap_or_default(),
     };
     let mut v: Vec<u64> = names
         .iter()

@@ -172,9 +172,11 @@ async fn list_remote(pipeline: &Pipeline, member: &Member) -> Result<Listing> {
                 "point `source.path` at the table's root (the prefix holding `_delta_log/`)",
             ));
         }
-        let mut snapshot =
-            delta::load(delta::Location::Remote { remote: &remote, url: spec.path.trim_end_matches('/') }, spec)
-                .await?;
+        let mut snapshot = delta::load(
+            delta::Location::Remote { remote: &remote, url: spec.path.trim_end_matches('/'), prefix: &key },
+            spec,
+        )
+        .await?;
         let files = std::mem::take(&mut snapshot.files);
         return Ok(Listing {
             root: PathBuf::from(url_root),

@@ -497,7 +497,7 @@ impl Source {
         Box::pin(RecordBatchStreamAdapter::new(schema, s))
     }
 
-    /// Like [`Source::scan`] (or [`Source::scan_examples`] with `examples`), from `opts.start`,
+    /// Like [`Source::scan`] (or ready-made examples of schema `examples`), from `opts.start`,
     /// each batch tagged with its window: the split's rows `w · window_rows ..` (counted over
     /// all ranks) form window `w`, so windows are the same for every world size. A batch never
     /// spans two windows.
@@ -508,16 +508,6 @@ impl Source {
         examples: Option<SchemaRef>,
     ) -> futures::stream::BoxStream<'static, Result<(u64, RecordBatch)>> {
         self.scan_inner(shard, opts, examples)
-    }
-
-    /// Streams ready-made examples (`format: pretext`: an export, or any Parquet holding the
-    /// task's columns) as batches of `schema`, with the same file order, split and sharding
-    /// (by example ordinal) as documents.
-    pub fn scan_examples(&self, shard: Shard, opts: ScanOptions, schema: SchemaRef) -> BatchStream {
-        let s = self
-            .scan_inner(shard, opts, Some(schema.clone()))
-            .map(|r| r.map(|(_, b)| b).map_err(datafusion::error::DataFusionError::from));
-        Box::pin(RecordBatchStreamAdapter::new(schema, s))
     }
 
     fn scan_inner(

@@ -352,10 +352,16 @@ impl Mixer {
             }
             members.push(i as i16);
             self.cursor.mix.taken[i] += 1;
-            self.counts.examples[i].fetch_add(1, Ordering::Relaxed);
         }
         if picks.is_empty() {
             return Ok(None);
+        }
+        let mut per_member = vec![0u64; self.members.len()];
+        for &i in &members {
+            per_member[i as usize] += 1;
+        }
+        for (c, n) in self.counts.examples.iter().zip(per_member) {
+            c.fetch_add(n, Ordering::Relaxed);
         }
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         let mixed = arrow::compute::interleave_record_batch(&refs, &picks)?;

@@ -26,7 +26,7 @@ use crate::tokenize::{Encoded, Framing, TextTokenizer};
 use crate::BatchStream;
 pub use mix::{source_field, with_source, Leftover, MemberPos, MixCounts, MixState, StreamCursor};
 pub use pack::{row_key, rows_schema, Packer, Packing};
-pub use shuffle::{Rebatch, WindowShuffle};
+pub use shuffle::WindowShuffle;
 
 /// Schema of tokenized documents: `example_key`, `input_ids: List<Int32>`,
 /// `special_tokens_mask: List<Int8>` and, when asked for, `word_ids: List<Int32>`.

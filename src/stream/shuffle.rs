@@ -1,4 +1,4 @@
-//! Seeded shuffle inside bounded windows, and re-batching to the configured batch size.
+//! Seeded shuffle inside bounded windows.
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
@@ -64,49 +64,5 @@ impl WindowShuffle {
         self.rows = 0;
         self.index += 1;
         Ok(Some(taken))
-    }
-}
-
-/// Re-cuts a sequence of batches into batches of exactly `size` rows (the last may be smaller).
-pub struct Rebatch {
-    schema: SchemaRef,
-    size: usize,
-    pending: Vec<RecordBatch>,
-    rows: usize,
-}
-
-impl Rebatch {
-    pub fn new(schema: SchemaRef, size: usize) -> Self {
-        Rebatch { schema, size, pending: Vec::new(), rows: 0 }
-    }
-
-    pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        let mut batch = batch;
-        while batch.num_rows() > 0 {
-            let room = self.size - self.rows;
-            let take = room.min(batch.num_rows());
-            self.pending.push(batch.slice(0, take));
-            self.rows += take;
-            batch = batch.slice(take, batch.num_rows() - take);
-            if self.rows == self.size {
-                out.push(self.flush()?.expect("batch is full"));
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn flush(&mut self) -> Result<Option<RecordBatch>> {
-        if self.rows == 0 {
-            return Ok(None);
-        }
-        let b = if self.pending.len() == 1 {
-            self.pending.pop().expect("one batch")
-        } else {
-            arrow::compute::concat_batches(&self.schema, &self.pending)?
-        };
-        self.pending.clear();
-        self.rows = 0;
-        Ok(Some(b))
     }
 }
