@@ -8,6 +8,7 @@
 mod delta;
 mod files;
 mod store;
+mod units;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use crate::BatchStream;
 pub use delta::Snapshot as DeltaSnapshot;
 pub use files::{format_of, SourceFile};
 pub use store::{connect as connect_store, describe as describe_store_error, is_remote, list as list_store, Remote};
+pub use units::Blocks;
 
 /// Counters of what the source read, shared with the sink for its summary and manifest.
 #[derive(Debug, Default)]
@@ -45,6 +47,9 @@ pub struct SourceStats {
     /// Image tasks: images that could not be decoded (skipped), and the first few of them.
     pub undecodable: AtomicU64,
     pub undecodable_examples: std::sync::Mutex<Vec<String>>,
+    /// Row groups this process opened (sources read by row group; every scan counts, and
+    /// nothing restores it on resume): how much of the data a rank touched.
+    pub row_groups_opened: AtomicU64,
 }
 
 /// How many undecodable images are named in the summary and manifest.
@@ -136,6 +141,8 @@ pub struct Source {
     pub remote: Option<Remote>,
     /// The table version read, for Delta tables (its file list is `files`).
     pub delta: Option<DeltaSnapshot>,
+    /// The row groups, when the source is read by row group (Parquet-family files, no `sql`).
+    units: Option<Arc<units::Units>>,
     sql: Option<String>,
     text_column: String,
     key_column: Option<String>,
@@ -241,10 +248,16 @@ impl Source {
     /// has the configured columns (and that the SQL plans against it).
     pub async fn open(pipeline: &Pipeline, member: &Member) -> Result<Source> {
         let files::Listing { root, files, format, remote, delta } = files::list(pipeline, member).await?;
-        if matches!(format, Format::Parquet | Format::Pretext | Format::Delta) {
-            files::check_parquet_footers(&files)?;
-        }
         let spec = &member.spec;
+        let parquet = matches!(format, Format::Parquet | Format::Pretext | Format::Delta);
+        let units = if parquet && spec.sql.is_none() {
+            Some(Arc::new(units::Units::load(&files, remote.as_ref()).await?))
+        } else {
+            if parquet {
+                files::check_parquet_footers(&files)?;
+            }
+            None
+        };
         let mut source = Source {
             name: member.name.clone(),
             at: member.at.clone(),
@@ -253,6 +266,7 @@ impl Source {
             format,
             remote,
             delta,
+            units,
             sql: spec.sql.clone(),
             text_column: spec.text_column.clone(),
             key_column: spec.key_column.clone(),
@@ -269,7 +283,24 @@ impl Source {
         }
         let ctx = new_context(source.remote.as_ref());
         let mut errors = Vec::new();
-        for f in &source.files {
+        for fi in 0..source.files.len() {
+            let f = &source.files[fi].clone();
+            if let Some(units) = source.units.clone() {
+                // Read by row group: the footer read at listing gives the schema.
+                let mut fields: Vec<Arc<Field>> = units.schema(fi).fields().iter().cloned().collect();
+                let values = source.partition_values(f).map_err(|e| Error::data(format!("`{}`: {e}", f.relative)))?;
+                for (k, v) in values {
+                    if fields.iter().all(|fl| fl.name() != &k) {
+                        fields.push(Arc::new(Field::new(k, v.data_type(), true)));
+                    }
+                }
+                let schema: SchemaRef = Arc::new(Schema::new(fields));
+                source.check_columns(pipeline, member, f, &schema, &mut errors);
+                if !errors.is_empty() {
+                    break;
+                }
+                continue;
+            }
             let df = match source.frame(&ctx, f).await {
                 Ok(df) => df,
                 Err(FrameError::Sql(msg, columns)) => {
@@ -287,103 +318,8 @@ impl Source {
                     ))
                 }
             };
-            let schema = df.schema();
-            let columns = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
-            match source.input {
-                TaskInput::Text => match schema.fields().iter().find(|fl| fl.name() == &source.text_column) {
-                    None => errors.push(pipeline.error_at(&member.key("text_column"),
-                        format!("column `{}` not found in `{}`", source.text_column, f.relative),
-                        Some(format!("the columns are: {}", columns())),
-                    )),
-                    Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(&member.key("text_column"),
-                        format!("column `{}` in `{}` is {}, not a string column", source.text_column, f.relative, field.data_type()),
-                        Some(format!("pick a string column, or cast it in `source.sql` (e.g. `SELECT CAST(x AS VARCHAR) AS text FROM source`); the columns are: {}", columns())),
-                    )),
-                    Some(_) => {}
-                },
-                TaskInput::Image => {
-                    let col = &source.image_column;
-                    match schema.fields().iter().find(|fl| fl.name() == col) {
-                        None => errors.push(pipeline.error_at(&member.key("image_column"),
-                            format!("column `{col}` not found in `{}`", f.relative),
-                            Some(format!("name the column holding the images; the columns are: {}", columns())),
-                        )),
-                        Some(field) => match ImageKind::of(field.data_type()) {
-                            None => errors.push(pipeline.error_at(&member.key("image_column"),
-                                format!("column `{col}` in `{}` is {}, which holds no images", f.relative, field.data_type()),
-                                Some("images are encoded PNG / JPEG bytes (binary) or planar pixel lists of u8 or float".into()),
-                            )),
-                            Some(kind) => {
-                                if source.image_kind.is_some_and(|k| k != kind) {
-                                    errors.push(pipeline.error_at(&member.key("image_column"),
-                                        format!("column `{col}` in `{}` is {}, unlike the files before it", f.relative, field.data_type()),
-                                        Some("every file must store images the same way".into()),
-                                    ));
-                                }
-                                source.image_kind = Some(kind);
-                                let shape = member.spec.image_shape;
-                                if kind != ImageKind::Encoded && shape.is_none() {
-                                    errors.push(pipeline.error_at(&member.key("image_shape"),
-                                        format!("column `{col}` holds pixel arrays ({}), whose shape must be given", field.data_type()),
-                                        Some("add `image_shape: [channels, height, width]` to `source` (planar, channel-major)".into()),
-                                    ));
-                                }
-                                if kind == ImageKind::Encoded && shape.is_some() {
-                                    errors.push(pipeline.error_at(&member.key("image_shape"),
-                                        format!("column `{col}` holds encoded images, which carry their own shape"),
-                                        Some("remove `image_shape` (it is for pixel arrays)".into()),
-                                    ));
-                                }
-                            }
-                        },
-                    }
-                }
-                TaskInput::Table => {
-                    for col in &source.table_columns {
-                        let at = ["task", pipeline.spec.task_name(), "columns"];
-                        match schema.fields().iter().find(|fl| fl.name() == col) {
-                            None => errors.push(pipeline.error_at(
-                                &at,
-                                format!("column `{col}` not found in `{}`", f.relative),
-                                Some(match crate::spec::did_you_mean(col, schema.fields().iter().map(|f| f.name().as_str())) {
-                                    Some(m) => format!("did you mean `{m}`? the columns are: {}", columns()),
-                                    None => format!("the columns are: {}", columns()),
-                                }),
-                            )),
-                            Some(field) if !is_numeric(field.data_type()) => errors.push(pipeline.error_at(
-                                &at,
-                                format!("column `{col}` in `{}` is {}, not numeric", f.relative, field.data_type()),
-                                Some("encode categories as integer codes in `source.sql` (e.g. `CASE color WHEN 'red' THEN 0 WHEN 'blue' THEN 1 END AS color`) and list them in `categorical`".into()),
-                            )),
-                            Some(_) => {}
-                        }
-                    }
-                }
-            }
-            if let Some(l) = source.label_column.as_ref().filter(|_| source.input != TaskInput::Text) {
-                match schema.fields().iter().find(|fl| fl.name() == l) {
-                    None => errors.push(pipeline.error_at(
-                        &member.key("label_column"),
-                        format!("column `{l}` not found in `{}`", f.relative),
-                        Some(format!("the columns are: {}", columns())),
-                    )),
-                    Some(field) if !is_integer(field.data_type()) => errors.push(pipeline.error_at(
-                        &member.key("label_column"),
-                        format!("column `{l}` in `{}` is {}, not an integer class id", f.relative, field.data_type()),
-                        Some("map the labels to integers in `source.sql`".into()),
-                    )),
-                    Some(_) => {}
-                }
-            }
-            if let Some(k) = &source.key_column {
-                if !schema.fields().iter().any(|fl| fl.name() == k) {
-                    errors.push(pipeline.error_at(
-                        &member.key("key_column"),
-                        format!("column `{k}` not found in `{}`", f.relative),
-                        Some(format!("the columns are: {}", columns())),
-                    ));
-                }
-            }
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            source.check_columns(pipeline, member, f, &schema, &mut errors);
             if !errors.is_empty() {
                 break;
             }
@@ -392,6 +328,114 @@ impl Source {
             return Err(Error::Spec(SpecErrors(errors)));
         }
         Ok(source)
+    }
+
+    /// Checks that `f` (whose columns are `schema`) holds the configured columns, with usable
+    /// types, adding an error naming the YAML key for each problem.
+    fn check_columns(
+        &mut self,
+        pipeline: &Pipeline,
+        member: &Member,
+        f: &SourceFile,
+        schema: &SchemaRef,
+        errors: &mut Vec<crate::spec::SpecError>,
+    ) {
+        let columns = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
+        match self.input {
+            TaskInput::Text => match schema.fields().iter().find(|fl| fl.name() == &self.text_column) {
+                None => errors.push(pipeline.error_at(&member.key("text_column"),
+                    format!("column `{}` not found in `{}`", self.text_column, f.relative),
+                    Some(format!("the columns are: {}", columns())),
+                )),
+                Some(field) if !is_string(field.data_type()) => errors.push(pipeline.error_at(&member.key("text_column"),
+                    format!("column `{}` in `{}` is {}, not a string column", self.text_column, f.relative, field.data_type()),
+                    Some(format!("pick a string column, or cast it in `source.sql` (e.g. `SELECT CAST(x AS VARCHAR) AS text FROM source`); the columns are: {}", columns())),
+                )),
+                Some(_) => {}
+            },
+            TaskInput::Image => {
+                let col = &self.image_column;
+                match schema.fields().iter().find(|fl| fl.name() == col) {
+                    None => errors.push(pipeline.error_at(&member.key("image_column"),
+                        format!("column `{col}` not found in `{}`", f.relative),
+                        Some(format!("name the column holding the images; the columns are: {}", columns())),
+                    )),
+                    Some(field) => match ImageKind::of(field.data_type()) {
+                        None => errors.push(pipeline.error_at(&member.key("image_column"),
+                            format!("column `{col}` in `{}` is {}, which holds no images", f.relative, field.data_type()),
+                            Some("images are encoded PNG / JPEG bytes (binary) or planar pixel lists of u8 or float".into()),
+                        )),
+                        Some(kind) => {
+                            if self.image_kind.is_some_and(|k| k != kind) {
+                                errors.push(pipeline.error_at(&member.key("image_column"),
+                                    format!("column `{col}` in `{}` is {}, unlike the files before it", f.relative, field.data_type()),
+                                    Some("every file must store images the same way".into()),
+                                ));
+                            }
+                            self.image_kind = Some(kind);
+                            let shape = member.spec.image_shape;
+                            if kind != ImageKind::Encoded && shape.is_none() {
+                                errors.push(pipeline.error_at(&member.key("image_shape"),
+                                    format!("column `{col}` holds pixel arrays ({}), whose shape must be given", field.data_type()),
+                                    Some("add `image_shape: [channels, height, width]` to `source` (planar, channel-major)".into()),
+                                ));
+                            }
+                            if kind == ImageKind::Encoded && shape.is_some() {
+                                errors.push(pipeline.error_at(&member.key("image_shape"),
+                                    format!("column `{col}` holds encoded images, which carry their own shape"),
+                                    Some("remove `image_shape` (it is for pixel arrays)".into()),
+                                ));
+                            }
+                        }
+                    },
+                }
+            }
+            TaskInput::Table => {
+                for col in &self.table_columns {
+                    let at = ["task", pipeline.spec.task_name(), "columns"];
+                    match schema.fields().iter().find(|fl| fl.name() == col) {
+                        None => errors.push(pipeline.error_at(
+                            &at,
+                            format!("column `{col}` not found in `{}`", f.relative),
+                            Some(match crate::spec::did_you_mean(col, schema.fields().iter().map(|f| f.name().as_str())) {
+                                Some(m) => format!("did you mean `{m}`? the columns are: {}", columns()),
+                                None => format!("the columns are: {}", columns()),
+                            }),
+                        )),
+                        Some(field) if !is_numeric(field.data_type()) => errors.push(pipeline.error_at(
+                            &at,
+                            format!("column `{col}` in `{}` is {}, not numeric", f.relative, field.data_type()),
+                            Some("encode categories as integer codes in `source.sql` (e.g. `CASE color WHEN 'red' THEN 0 WHEN 'blue' THEN 1 END AS color`) and list them in `categorical`".into()),
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if let Some(l) = self.label_column.as_ref().filter(|_| self.input != TaskInput::Text) {
+            match schema.fields().iter().find(|fl| fl.name() == l) {
+                None => errors.push(pipeline.error_at(
+                    &member.key("label_column"),
+                    format!("column `{l}` not found in `{}`", f.relative),
+                    Some(format!("the columns are: {}", columns())),
+                )),
+                Some(field) if !is_integer(field.data_type()) => errors.push(pipeline.error_at(
+                    &member.key("label_column"),
+                    format!("column `{l}` in `{}` is {}, not an integer class id", f.relative, field.data_type()),
+                    Some("map the labels to integers in `source.sql`".into()),
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(k) = &self.key_column {
+            if !schema.fields().iter().any(|fl| fl.name() == k) {
+                errors.push(pipeline.error_at(
+                    &member.key("key_column"),
+                    format!("column `{k}` not found in `{}`", f.relative),
+                    Some(format!("the columns are: {}", columns())),
+                ));
+            }
+        }
     }
 
     /// Schema of the scanned rows: [`doc_schema`] for text tasks; for image tasks `example_key`,
@@ -432,6 +476,46 @@ impl Source {
         self.files.iter().map(|f| f.bytes).sum()
     }
 
+    /// The partition values of `f` (hive directories or Delta partitions) as typed scalars:
+    /// Delta values take the column's type from the table schema, hive values are strings.
+    fn partition_values(
+        &self,
+        f: &SourceFile,
+    ) -> datafusion::error::Result<Vec<(String, datafusion::scalar::ScalarValue)>> {
+        use datafusion::scalar::ScalarValue;
+        f.partitions
+            .iter()
+            .map(|(k, v)| {
+                let typed = self.delta.as_ref().and_then(|d| d.schema.field_with_name(k).ok()).map(|field| {
+                    let t = field.data_type();
+                    if v == delta::NULL_PARTITION {
+                        ScalarValue::try_from(t)
+                    } else {
+                        ScalarValue::Utf8(Some(v.clone())).cast_to(t)
+                    }
+                });
+                Ok((k.clone(), typed.unwrap_or_else(|| Ok(ScalarValue::Utf8(Some(v.clone()))))?))
+            })
+            .collect()
+    }
+
+    /// The columns a scan reads: the task's (`examples`) or the configured ones.
+    fn read_columns(&self, examples: Option<&SchemaRef>) -> Vec<String> {
+        if let Some(schema) = examples {
+            return schema.fields().iter().map(|f| f.name().clone()).collect();
+        }
+        let mut columns = match self.input {
+            TaskInput::Text => vec![self.text_column.clone()],
+            TaskInput::Image => vec![self.image_column.clone()],
+            TaskInput::Table => self.table_columns.clone(),
+        };
+        if self.input != TaskInput::Text {
+            columns.extend(self.label_column.clone());
+        }
+        columns.extend(self.key_column.clone());
+        columns
+    }
+
     async fn frame(&self, ctx: &SessionContext, f: &SourceFile) -> std::result::Result<DataFrame, FrameError> {
         let path = f.path.to_string_lossy().to_string();
         let ext = f.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
@@ -454,22 +538,9 @@ impl Source {
         }
         .map_err(FrameError::Read)?;
         let mut df = df;
-        for (k, v) in &f.partitions {
-            if df.schema().fields().iter().all(|fl| fl.name() != k) {
-                // Delta partition values take the column's type from the table schema.
-                let typed = self.delta.as_ref().and_then(|d| d.schema.field_with_name(k).ok()).map(|field| {
-                    let t = field.data_type();
-                    if v == delta::NULL_PARTITION {
-                        datafusion::scalar::ScalarValue::try_from(t)
-                    } else {
-                        datafusion::scalar::ScalarValue::Utf8(Some(v.clone())).cast_to(t)
-                    }
-                });
-                let value = match typed {
-                    Some(s) => lit(s.map_err(FrameError::Read)?),
-                    None => lit(v.clone()),
-                };
-                df = df.with_column(k, value).map_err(FrameError::Read)?;
+        for (k, v) in self.partition_values(f).map_err(FrameError::Read)? {
+            if df.schema().fields().iter().all(|fl| fl.name() != &k) {
+                df = df.with_column(&k, lit(v)).map_err(FrameError::Read)?;
             }
         }
         let Some(sql) = &self.sql else { return Ok(df) };
@@ -516,32 +587,66 @@ impl Source {
         opts: ScanOptions,
         examples: Option<SchemaRef>,
     ) -> futures::stream::BoxStream<'static, Result<(u64, RecordBatch)>> {
-        let mut order: Vec<usize> = (0..self.files.len()).collect();
+        // What a pass reads in order: files, or row groups when the source has them.
+        let n = self.units.as_ref().map(|u| u.groups.len()).unwrap_or(self.files.len());
+        let mut order: Vec<usize> = (0..n).collect();
         if let Some(seed) = opts.shuffle_seed {
             use rand::seq::SliceRandom;
             use rand::SeedableRng;
             order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
         }
+        let window_rows = if opts.window_rows == 0 { u64::MAX } else { opts.window_rows };
+        // Row groups of the whole split: ranks take blocks of the pass's rows (positions), so
+        // each opens only the row groups of its block.
+        let blocks = self.blocks(opts.split);
+        let mut bases = Vec::new();
+        let mut start = opts.start;
+        if let (Some(units), Some(blocks)) = (&self.units, blocks) {
+            let mut at = 0;
+            for &g in &order {
+                bases.push(at);
+                at += units.groups[g].rows;
+            }
+            // Seek to the block, the first window asked for, or the saved start, whichever is last.
+            let block = blocks.range(shard);
+            let from = block.start.max(opts.from_window.saturating_mul(window_rows)).max(opts.start.ordinal);
+            if from > opts.start.ordinal || opts.start == ScanStart::default() {
+                let k = if from >= units.rows { order.len() } else { bases.partition_point(|&b| b <= from) - 1 };
+                let row = match order.get(k) {
+                    Some(&g) => units.groups[g].first_row + (from - bases[k]),
+                    None => 0,
+                };
+                let counts = (from == opts.start.ordinal).then_some(opts.start.counts).flatten();
+                start = ScanStart { file: k as u64, row, ordinal: from, counts };
+            }
+        }
         if opts.count {
-            self.stats.restore(opts.start.counts.unwrap_or_default());
+            self.stats.restore(start.counts.unwrap_or_default());
         }
         let state = ScanState {
             source: Arc::new(self.clone()),
             first: None,
-            prefetch: None,
+            prefetch: std::collections::VecDeque::new(),
+            ahead: if self.remote.is_some() { 4 } else { 1 },
             ctx: new_context(self.remote.as_ref()),
+            columns: Arc::new(self.read_columns(examples.as_ref())),
             order,
-            next_file: opts.start.file as usize,
+            bases,
+            counted_current: false,
+            next_file: start.file as usize,
             current: None,
             sharder: Sharder {
-                ordinal: opts.start.ordinal,
+                ordinal: start.ordinal,
                 shard,
                 split: opts.split,
-                window_rows: if opts.window_rows == 0 { u64::MAX } else { opts.window_rows },
+                window_rows,
                 starts: opts.starts.clone(),
-                file: opts.start.file,
+                file: start.file,
+                block: blocks.map(|b| b.range(shard)),
+                recorded: None,
+                base: 0,
             },
-            skip: opts.start,
+            skip: start,
             count: opts.count,
             examples,
             ready: std::collections::VecDeque::new(),
@@ -589,23 +694,42 @@ impl Source {
                         None => st.current = None,
                     }
                 }
-                if st.next_file >= st.order.len() {
+                if st.next_file >= st.order.len() || st.past_block(st.next_file) {
                     return Ok(None);
                 }
-                let fi = st.order[st.next_file];
-                st.sharder.file = st.next_file as u64;
+                let k = st.next_file;
+                let item = st.order[k];
+                st.sharder.file = k as u64;
                 st.next_file += 1;
-                // The file opened ahead while the previous one streamed, or opened now.
-                let opened = match st.prefetch.take() {
-                    Some((p, task)) if p == fi => {
+                // Where reading starts in this item (a resumed scan starts inside one).
+                let skip = if k as u64 == st.skip.file { st.skip.row } else { 0 };
+                // The item opened ahead while the previous one streamed, or opened now.
+                let opened = match st.prefetch.front() {
+                    Some((p, _)) if *p == k && skip == 0 => {
+                        let (_, task) = st.prefetch.pop_front().expect("front exists");
                         task.join().await.map_err(|e| Error::internal(format!("opening a file stopped: {e}")))??
                     }
-                    _ => open_file(st.source.clone(), st.ctx.clone(), fi).await?,
+                    _ => {
+                        st.prefetch.clear();
+                        let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
+                        open_item(source, ctx, columns, item, skip).await?
+                    }
                 };
-                if let Some(&next) = st.order.get(st.next_file) {
-                    let (source, ctx) = (st.source.clone(), st.ctx.clone());
-                    st.prefetch = Some((next, SpawnedTask::spawn(open_file(source, ctx, next))));
+                let mut next = st.prefetch.back().map(|(p, _)| p + 1).unwrap_or(k + 1);
+                while st.prefetch.len() < st.ahead && next < st.order.len() && !st.past_block(next) {
+                    let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
+                    let item = st.order[next];
+                    st.prefetch.push_back((next, SpawnedTask::spawn(open_item(source, ctx, columns, item, 0))));
+                    next += 1;
                 }
+                let (fi, first_group) = match &st.source.units {
+                    Some(units) => {
+                        let g = units.groups[item];
+                        st.sharder.base = st.bases.get(k).map(|b| b.wrapping_sub(g.first_row)).unwrap_or(0);
+                        (g.file, g.index == 0)
+                    }
+                    None => (item, true),
+                };
                 match opened {
                     Opened::Pruned => {
                         if st.count {
@@ -614,16 +738,30 @@ impl Source {
                         continue;
                     }
                     Opened::Stream(stream, first) => {
-                        if st.count {
+                        // A file counts as read with its first row group.
+                        st.counted_current = first_group;
+                        if st.count && st.counted_current {
                             st.source.stats.files_read.fetch_add(1, Ordering::Relaxed);
                         }
-                        st.current = Some((stream, fi, 0));
+                        let row = match &st.source.units {
+                            Some(units) => units.groups[item].first_row.max(skip),
+                            None => 0,
+                        };
+                        st.current = Some((stream, fi, row));
                         st.first = first;
                     }
                 }
             }
         });
         Box::pin(stream)
+    }
+
+    /// How `split`'s rows are shared between ranks: in blocks of row groups when the source is
+    /// read by row group and the whole of it is split (`None`: every rank reads every row and
+    /// takes every `world_size`-th one).
+    pub fn blocks(&self, split: Split) -> Option<Blocks> {
+        let units = self.units.as_ref()?;
+        (split == Split::All).then_some(Blocks { rows: units.rows })
     }
 
     /// Checks that every file holds `schema`'s columns with the same types (`format: pretext`).
@@ -680,27 +818,53 @@ enum Opened {
     Stream(SendableRecordBatchStream, Option<RecordBatch>),
 }
 
-async fn open_file(source: Arc<Source>, ctx: SessionContext, fi: usize) -> Result<Opened> {
-    let f = &source.files[fi];
-    let df = source.frame(&ctx, f).await.map_err(|e| match e {
-        FrameError::Read(e) => Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())),
-        FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
-    })?;
-    if source.sql.is_some() && !f.partitions.is_empty() {
-        let plan = df
-            .clone()
-            .into_optimized_plan()
-            .map_err(|e| Error::data(format!("`source.sql` on `{}`: {}", f.relative, e.strip_backtrace())))?;
-        if provably_empty(&plan) {
-            return Ok(Opened::Pruned);
+/// Opens item `item` of a pass (a row group, or a file when the source has none) from its row
+/// `skip` (counted in its file) and reads its first batch.
+async fn open_item(
+    source: Arc<Source>,
+    ctx: SessionContext,
+    columns: Arc<Vec<String>>,
+    item: usize,
+    skip: u64,
+) -> Result<Opened> {
+    let mut stream = match &source.units {
+        Some(units) => {
+            let g = units.groups[item];
+            let f = &source.files[g.file];
+            source.stats.row_groups_opened.fetch_add(1, Ordering::Relaxed);
+            let constants = source
+                .partition_values(f)
+                .map_err(|e| Error::data(format!("partition values of `{}`: {e}", f.relative)))?;
+            units.open(g, skip.saturating_sub(g.first_row), &columns, &constants, f)?
         }
-    }
-    let mut stream: SendableRecordBatchStream = df
-        .execute_stream()
-        .await
-        .map_err(|e| Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())))?;
+        None => {
+            let f = &source.files[item];
+            let df = source.frame(&ctx, f).await.map_err(|e| match e {
+                FrameError::Read(e) => {
+                    Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace()))
+                }
+                FrameError::Sql(m, _) => Error::data(format!("`source.sql` on `{}`: {m}", f.relative)),
+            })?;
+            if source.sql.is_some() && !f.partitions.is_empty() {
+                let plan = df
+                    .clone()
+                    .into_optimized_plan()
+                    .map_err(|e| Error::data(format!("`source.sql` on `{}`: {}", f.relative, e.strip_backtrace())))?;
+                if provably_empty(&plan) {
+                    return Ok(Opened::Pruned);
+                }
+            }
+            df.execute_stream()
+                .await
+                .map_err(|e| Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace())))?
+        }
+    };
+    let path = || match &source.units {
+        Some(units) => source.files[units.groups[item].file].path.display().to_string(),
+        None => source.files[item].path.display().to_string(),
+    };
     let first = match stream.next().await {
-        Some(b) => Some(b.map_err(|e| Error::data(format!("reading `{}`: {}", f.path.display(), Error::from(e))))?),
+        Some(b) => Some(b.map_err(|e| Error::data(format!("reading `{}`: {}", path(), Error::from(e))))?),
         None => None,
     };
     Ok(Opened::Stream(stream, first))
@@ -753,6 +917,9 @@ pub struct ScanOptions {
     pub start: ScanStart,
     /// Rows of the split per window (see [`Source::scan_windows`]); 0: one window.
     pub window_rows: u64,
+    /// The first window wanted: a scan sharded by blocks seeks to it without reading the rows
+    /// before it.
+    pub from_window: u64,
     /// Receives where each window begins, as the scan reaches it.
     pub starts: Option<Arc<WindowStarts>>,
 }
@@ -830,12 +997,21 @@ impl Split {
 
 struct ScanState {
     source: Arc<Source>,
-    /// The current file's first batch, read when the file was opened.
+    /// The current item's first batch, read when it was opened.
     first: Option<RecordBatch>,
-    /// The next file in the order, being opened while the current one streams.
-    prefetch: Option<(usize, SpawnedTask<Result<Opened>>)>,
+    /// The next items in the order (by position), being opened while the current one streams.
+    prefetch: std::collections::VecDeque<(usize, SpawnedTask<Result<Opened>>)>,
+    /// How many items to open ahead.
+    ahead: usize,
     ctx: SessionContext,
+    /// The columns read from row groups.
+    columns: Arc<Vec<String>>,
+    /// The pass's items: row groups of `source.units`, or files.
     order: Vec<usize>,
+    /// With blocks: the position of each item's first row in the pass.
+    bases: Vec<u64>,
+    /// Whether opening the current item counted its file as read.
+    counted_current: bool,
     next_file: usize,
     current: Option<(SendableRecordBatchStream, usize, u64)>,
     sharder: Sharder,
@@ -848,22 +1024,45 @@ struct ScanState {
     ready: std::collections::VecDeque<(u64, RecordBatch)>,
 }
 
-/// Which rows belong to this split and shard: the shard takes every `world_size`-th row of the
-/// split, counted in scan order; every `window_rows` rows of the split make a window.
+/// Which rows belong to this split and shard. By rows: the shard takes every `world_size`-th
+/// row of the split, counted in scan order, and every `window_rows` rows of the split make a
+/// window. By blocks: the shard takes the rows of its block of positions in the pass, and
+/// every `window_rows` positions make a window.
 struct Sharder {
     ordinal: u64,
     shard: Shard,
     split: Split,
     window_rows: u64,
     starts: Option<Arc<WindowStarts>>,
-    /// Position of the file being read in the epoch's order.
+    /// Position of the item being read in the pass's order.
     file: u64,
+    /// The shard's block of positions, when sharding by blocks.
+    block: Option<std::ops::Range<u64>>,
+    /// By blocks: the window whose start was recorded last.
+    recorded: Option<u64>,
+    /// By blocks: the position of the current file's row 0 (`row + base` is a row's position).
+    base: u64,
 }
 
 impl Sharder {
     /// Whether the next row that passed the filters (the `row`-th of its file) belongs to this
     /// split and shard, and its window.
     fn mine(&mut self, key: u64, row: u64, counts: impl FnOnce() -> Option<[u64; 7]>) -> (bool, u64) {
+        if let Some(block) = &self.block {
+            let p = row.wrapping_add(self.base);
+            let window = p / self.window_rows;
+            if !block.contains(&p) {
+                return (false, window);
+            }
+            if self.recorded != Some(window) {
+                self.recorded = Some(window);
+                if let Some(starts) = &self.starts {
+                    let at = ScanStart { file: self.file, row, ordinal: p, counts: counts() };
+                    starts.record(WindowStart { window, at });
+                }
+            }
+            return (true, window);
+        }
         let window = self.ordinal / self.window_rows;
         if !self.split.contains(key) {
             return (false, window);
@@ -894,11 +1093,18 @@ fn split_windows(batch: &RecordBatch, windows: &[u64]) -> Result<Vec<(u64, Recor
 }
 
 impl ScanState {
+    /// Whether the item at position `k` lies past the shard's block.
+    fn past_block(&self, k: usize) -> bool {
+        matches!((&self.sharder.block, self.bases.get(k)), (Some(b), Some(&base)) if base >= b.end)
+    }
+
     /// The counters before the current batch, with the current file not yet counted as read
     /// (a scan resumed in this file counts it when it opens it).
     fn base_counts(&self) -> [u64; 7] {
         let mut c = self.source.stats.counters();
-        c[5] = c[5].saturating_sub(1);
+        if self.counted_current {
+            c[5] = c[5].saturating_sub(1);
+        }
         c
     }
 

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::source::{ScanStart, Shard, WindowStarts};
+use crate::source::{Blocks, ScanStart, Shard, WindowStarts};
 use crate::spec::MixtureStop;
 
 /// The `source` column: the member's name, dictionary-encoded.
@@ -89,12 +89,15 @@ pub struct MemberPos {
     pub leftovers: Vec<Leftover>,
 }
 
-/// One rank's share of one window, partly delivered before the world size changed: the rank
-/// of the old world finishes nowhere, so a rank of the new world delivers the rest.
+/// One rank's share of windows `window ..= through` (`through` unset: `window` alone), the
+/// first `offset` examples of `window` delivered before the world size changed: the rank of
+/// the old world finishes nowhere, so a rank of the new world delivers the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leftover {
     pub shard: Shard,
     pub window: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<u64>,
     pub offset: u64,
     /// Where the scan reaches the window's rows from.
     pub start: Option<ScanStart>,
@@ -133,10 +136,19 @@ impl StreamCursor {
 
     /// Elastic resume: the cursors of every rank of a world (all after the same number of
     /// batches, as data-parallel training keeps them) become cursors for `world_size` new
-    /// ranks that together deliver exactly what the old ranks had not: each old rank's
-    /// unfinished windows become leftovers dealt round-robin to the new ranks, and the windows
-    /// no old rank had reached are shared by the new world. Mixture counts carry over (summed).
-    pub fn rebalance(old: &[StreamCursor], world_size: u64) -> Result<Vec<StreamCursor>> {
+    /// ranks that together deliver exactly what the old ranks had not. `blocks[i]` is how source
+    /// `i` is sharded by blocks, with its rows per window (`None`: by rows; see
+    /// [`crate::plan::Plan::rebalance`]).
+    ///
+    /// By rows, each old rank's unfinished windows up to the furthest any rank reached become
+    /// leftovers dealt round-robin, and the windows after them are shared by the new world. By
+    /// blocks, everything the old ranks had left becomes leftovers, dealt as contiguous runs of
+    /// equally many windows. Mixture counts carry over (summed).
+    pub fn rebalance(
+        old: &[StreamCursor],
+        world_size: u64,
+        blocks: &[Option<(Blocks, u64)>],
+    ) -> Result<Vec<StreamCursor>> {
         let first = old.first().ok_or_else(|| crate::Error::data("no cursors to rebalance"))?;
         let old_world = old.len() as u64;
         let epoch = first.epoch;
@@ -174,36 +186,65 @@ impl StreamCursor {
                 members: vec![MemberPos::default(); n],
             })
             .collect();
+        let shard_of = |r: usize, c: &StreamCursor| c.shard.unwrap_or(Shard { rank: r as u64, world_size: old_world });
         for i in 0..n {
             // A member that ran out in this pass restarted: its positions are per run, and a
             // restarted run is shared like a fresh one.
             let mut items: Vec<Leftover> = Vec::new();
-            let w_max = old.iter().map(|c| c.members[i].window).max().unwrap_or(0);
-            let reached = old.iter().any(|c| c.members[i].start.is_some() || c.members[i].offset > 0);
-            for (r, c) in old.iter().enumerate() {
-                let m = &c.members[i];
-                let shard = c.shard.unwrap_or(Shard { rank: r as u64, world_size: old_world });
-                items.extend(m.leftovers.iter().copied());
-                if !reached {
-                    continue;
-                }
-                for w in m.window..=w_max {
-                    items.push(Leftover {
-                        shard,
-                        window: w,
-                        offset: if w == m.window { m.offset } else { 0 },
-                        start: m.start,
-                    });
-                }
+            for c in old {
+                items.extend(c.members[i].leftovers.iter().copied());
             }
-            // The earliest start any rank knows reaches every later window's rows.
-            let start = old.iter().filter_map(|c| c.members[i].start).min_by_key(|s| s.ordinal);
-            for (j, item) in items.into_iter().enumerate() {
-                out[j % world_size as usize].members[i].leftovers.push(item);
-            }
-            for c in &mut out {
-                c.members[i].window = if reached { w_max + 1 } else { 0 };
-                c.members[i].start = start;
+            match blocks.get(i).copied().flatten() {
+                Some((b, window_rows)) => {
+                    let lasts: Vec<Option<u64>> =
+                        old.iter().enumerate().map(|(r, c)| b.last_window(shard_of(r, c), window_rows)).collect();
+                    // By blocks: each old rank's rest of its block, as window runs.
+                    for (r, c) in old.iter().enumerate() {
+                        let m = &c.members[i];
+                        if let Some(l) = lasts[r].filter(|&l| m.window <= l) {
+                            items.push(Leftover {
+                                shard: shard_of(r, c),
+                                window: m.window,
+                                through: Some(l),
+                                offset: m.offset,
+                                start: m.start,
+                            });
+                        }
+                    }
+                    let end = lasts.iter().flatten().max().map(|l| l + 1).unwrap_or(0);
+                    deal_runs(&mut out, i, items);
+                    for c in &mut out {
+                        // Nothing of the new blocks is left before the end.
+                        c.members[i].window = end;
+                    }
+                }
+                None => {
+                    let w_max = old.iter().map(|c| c.members[i].window).max().unwrap_or(0);
+                    let reached = old.iter().any(|c| c.members[i].start.is_some() || c.members[i].offset > 0);
+                    if reached {
+                        for (r, c) in old.iter().enumerate() {
+                            let m = &c.members[i];
+                            for w in m.window..=w_max {
+                                items.push(Leftover {
+                                    shard: shard_of(r, c),
+                                    window: w,
+                                    through: None,
+                                    offset: if w == m.window { m.offset } else { 0 },
+                                    start: m.start,
+                                });
+                            }
+                        }
+                    }
+                    // The earliest start any rank knows reaches every later window's rows.
+                    let start = old.iter().filter_map(|c| c.members[i].start).min_by_key(|s| s.ordinal);
+                    for (j, item) in items.into_iter().enumerate() {
+                        out[j % world_size as usize].members[i].leftovers.push(item);
+                    }
+                    for c in &mut out {
+                        c.members[i].window = if reached { w_max + 1 } else { 0 };
+                        c.members[i].start = start;
+                    }
+                }
             }
         }
         // The schedule continues from the combined counts, spread over the new ranks.
@@ -218,6 +259,35 @@ impl StreamCursor {
             }
         }
         Ok(out)
+    }
+}
+
+/// Deals `items` (runs of windows) to the new ranks' member `i` as contiguous runs holding
+/// equally many windows (within one): a run cut in two continues from its cut window.
+fn deal_runs(out: &mut [StreamCursor], i: usize, items: Vec<Leftover>) {
+    let total: u64 = items.iter().map(|l| l.through.unwrap_or(l.window) - l.window + 1).sum();
+    let ranks = out.len() as u64;
+    let share = |r: u64| r * total / ranks..(r + 1) * total / ranks;
+    let mut at = 0u64;
+    for l in items {
+        let len = l.through.unwrap_or(l.window) - l.window + 1;
+        for r in 0..ranks {
+            let s = share(r);
+            let (from, to) = (s.start.max(at), s.end.min(at + len));
+            if from >= to {
+                continue;
+            }
+            let cut = from - at;
+            let piece = Leftover {
+                window: l.window + cut,
+                through: Some(l.window + (to - at) - 1),
+                offset: if cut == 0 { l.offset } else { 0 },
+                start: if cut == 0 { l.start } else { None },
+                ..l
+            };
+            out[r as usize].members[i].leftovers.push(piece);
+        }
+        at += len;
     }
 }
 
@@ -274,6 +344,12 @@ impl Mixer {
                         m.pos.window = *w;
                         m.pos.offset = 0;
                         m.pos.start = m.starts.get(*w).map(|s| s.at);
+                    }
+                    // A leftover over several windows moves on to the next.
+                    if let Some(l) = m.pos.leftovers.first_mut().filter(|l| *seg != OWN && *w != l.window) {
+                        l.window = *w;
+                        l.offset = 0;
+                        l.start = None;
                     }
                     return Ok(true);
                 }

@@ -302,7 +302,8 @@ impl Plan {
     ) -> mix::Windows {
         let mut segments: Vec<mix::Windows> = Vec::new();
         for (j, l) in pos.leftovers.iter().enumerate() {
-            let seg = Segment { shard: l.shard, start: l.start, first: l.window, last: Some(l.window), skip: l.offset };
+            let last = Some(l.through.unwrap_or(l.window));
+            let seg = Segment { shard: l.shard, start: l.start, first: l.window, last, skip: l.offset };
             segments.push(self.segment(i, epoch, split, seg, None, j));
         }
         // The first pass counts what it reads; a resumed one continues the counts saved with its
@@ -337,6 +338,7 @@ impl Plan {
             split,
             start: seg.start.unwrap_or_default(),
             window_rows: self.window_rows(),
+            from_window: seg.first,
             starts: own.map(|o| o.0),
         };
         let pretext = source.format == crate::spec::Format::Pretext;
@@ -469,7 +471,7 @@ impl Plan {
                     "the stream position was saved by rank {} of {}, and this is rank {} of {}",
                     s.rank, s.world_size, self.shard.rank, self.shard.world_size
                 ),
-                "resume with the same RANK / WORLD_SIZE (`stream.shard`), or rebalance the ranks' cursors for the new world (`StreamCursor::rebalance`)",
+                "resume with the same RANK / WORLD_SIZE (`stream.shard`), or rebalance the ranks' cursors for the new world (`Plan::rebalance`)",
             );
             return futures::stream::once(async move { Err(e) }).boxed();
         }
@@ -491,6 +493,14 @@ impl Plan {
             self.mix_counts.clone(),
             cursor,
         )
+    }
+
+    /// Elastic resume: the cursors every rank of a world saved after the same batch, turned
+    /// into cursors for `world_size` ranks that together deliver exactly the rest of the pass
+    /// (see [`StreamCursor::rebalance`]).
+    pub fn rebalance(&self, old: &[StreamCursor], world_size: u64, split: Split) -> Result<Vec<StreamCursor>> {
+        let blocks: Vec<_> = self.sources.iter().map(|s| s.blocks(split).map(|b| (b, self.window_rows()))).collect();
+        StreamCursor::rebalance(old, world_size, &blocks)
     }
 
     /// Batches from `cursor` on, pass after pass without end (training), each with the cursor

@@ -11,13 +11,21 @@ use parquet::arrow::ArrowWriter;
 
 /// Writes a Parquet file with columns `id: Int64` and `text: Utf8` (nullable).
 pub fn write_parquet(path: &Path, rows: &[(i64, Option<String>)]) {
+    write_parquet_groups(path, rows, usize::MAX);
+}
+
+/// Like [`write_parquet`], in row groups of at most `group_rows` rows.
+pub fn write_parquet_groups(path: &Path, rows: &[(i64, Option<String>)], group_rows: usize) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let schema =
         Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("text", DataType::Utf8, true)]));
     let ids = Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
     let texts = StringArray::from(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>());
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(texts)]).unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group_rows.max(1)))
+        .build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }

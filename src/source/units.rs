@@ -1,0 +1,241 @@
+//! Row groups as the unit of reading, shuffling and sharding, for Parquet-family sources
+//! (`parquet`, `delta`, `pretext`) without `sql`.
+//!
+//! Every file's footer is read once when the source opens; its row groups, in file order, then
+//! lay out the rows of a pass. A shuffled pass reads the row groups in a seeded permutation,
+//! and a rank reads only the row groups holding its block of rows (see [`Blocks`]). Each row
+//! group is fetched with the footer already known, which on an object store is one ranged
+//! request for its columns, the next ones fetched while the current one streams.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::scalar::ScalarValue;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use super::files::SourceFile;
+use super::Remote;
+use crate::error::{Error, Result};
+
+/// Rows per decoded batch.
+const BATCH_ROWS: usize = 4096;
+
+/// Footers fetched at once when a source on an object store opens.
+const FOOTER_FETCHES: usize = 16;
+
+/// One row group: `rows` rows of file `file` from its row `first_row`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub file: usize,
+    pub index: usize,
+    pub first_row: u64,
+    pub rows: u64,
+}
+
+/// The row groups of a source's files and what reading them needs.
+#[derive(Debug)]
+pub struct Units {
+    store: Arc<dyn ObjectStore>,
+    locations: Vec<StorePath>,
+    footers: Vec<ArrowReaderMetadata>,
+    /// Every row group, file by file.
+    pub groups: Vec<Group>,
+    /// Rows in all files.
+    pub rows: u64,
+}
+
+/// Ranged reads of one object of known size (what `parquet`'s async reader needs): the column
+/// chunks of a row group arrive in one `get_ranges` call, which merges nearby ranges.
+struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
+    size: u64,
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        self.store.get_range(&self.path, range).map_err(external).boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let reader = ParquetMetaDataReader::new().with_arrow_reader_options(options);
+            Ok(Arc::new(reader.load_and_finish(self, size).await?))
+        }
+        .boxed()
+    }
+}
+
+fn unreadable(f: &SourceFile, e: impl std::fmt::Display) -> Error {
+    Error::data_hint(
+        format!("`{}` is not a readable Parquet file: {e}", f.path.display()),
+        "the file may be truncated or of another format; remove it, or set `source.format` to match the files",
+    )
+}
+
+impl Units {
+    /// Reads every file's footer (local files directly, objects 16 at a time).
+    pub async fn load(files: &[SourceFile], remote: Option<&Remote>) -> Result<Units> {
+        let (store, locations): (Arc<dyn ObjectStore>, Vec<StorePath>) = match remote {
+            Some(r) => {
+                let base = r.base.as_str().trim_end_matches('/').to_string();
+                let locations = files
+                    .iter()
+                    .map(|f| {
+                        let url = f.path.to_string_lossy();
+                        let key = url.strip_prefix(&base).unwrap_or(&url).trim_start_matches('/');
+                        StorePath::parse(key).map_err(|e| Error::data(format!("`{url}`: {e}")))
+                    })
+                    .collect::<Result<_>>()?;
+                (r.store.clone(), locations)
+            }
+            None => {
+                let locations = files
+                    .iter()
+                    .map(|f| {
+                        let abs = std::fs::canonicalize(&f.path).map_err(|e| Error::io(&f.path, "open", e))?;
+                        StorePath::from_absolute_path(&abs).map_err(|e| unreadable(f, e))
+                    })
+                    .collect::<Result<_>>()?;
+                (Arc::new(object_store::local::LocalFileSystem::new()), locations)
+            }
+        };
+        let footers: Vec<ArrowReaderMetadata> = if remote.is_none() {
+            files
+                .iter()
+                .map(|f| {
+                    let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, "open", e))?;
+                    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| unreadable(f, e))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            futures::stream::iter(files.iter().zip(&locations).map(|(f, loc)| {
+                let mut reader = ObjectReader { store: store.clone(), path: loc.clone(), size: f.bytes };
+                async move {
+                    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+                        .await
+                        .map_err(|e| unreadable(f, e))
+                }
+            }))
+            .buffered(FOOTER_FETCHES)
+            .try_collect()
+            .await?
+        };
+        let mut groups = Vec::new();
+        let mut rows = 0;
+        for (file, footer) in footers.iter().enumerate() {
+            let mut first_row = 0;
+            for (index, rg) in footer.metadata().row_groups().iter().enumerate() {
+                let n = rg.num_rows().max(0) as u64;
+                groups.push(Group { file, index, first_row, rows: n });
+                first_row += n;
+            }
+            rows += first_row;
+        }
+        Ok(Units { store, locations, footers, groups, rows })
+    }
+
+    /// The Arrow schema of file `file`.
+    pub fn schema(&self, file: usize) -> &SchemaRef {
+        self.footers[file].schema()
+    }
+
+    /// Streams the rows of row group `g` from its row `skip`, with only the `columns` the file
+    /// holds; `constants` (partition values) are appended as columns.
+    pub fn open(
+        &self,
+        g: Group,
+        skip: u64,
+        columns: &[String],
+        constants: &[(String, ScalarValue)],
+        file: &SourceFile,
+    ) -> Result<SendableRecordBatchStream> {
+        let footer = self.footers[g.file].clone();
+        let schema = footer.schema().clone();
+        // The reader returns the chosen columns in the file's order.
+        let mut roots: Vec<usize> =
+            columns.iter().filter_map(|c| schema.fields().iter().position(|f| f.name() == c)).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots.iter().copied());
+        let reader = ObjectReader { store: self.store.clone(), path: self.locations[g.file].clone(), size: file.bytes };
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
+            .with_row_groups(vec![g.index])
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS);
+        if skip > 0 {
+            builder = builder.with_offset(skip as usize);
+        }
+        let stream = builder.build().map_err(|e| unreadable(file, e))?;
+        let mut fields: Vec<Arc<Field>> = roots.iter().map(|&i| schema.fields()[i].clone()).collect();
+        let constants: Vec<(String, ScalarValue)> =
+            constants.iter().filter(|(k, _)| !schema.fields().iter().any(|f| f.name() == k)).cloned().collect();
+        fields.extend(constants.iter().map(|(k, v)| Arc::new(Field::new(k, v.data_type(), true))));
+        let out: SchemaRef = Arc::new(Schema::new(fields));
+        let out_schema = out.clone();
+        let path = file.path.display().to_string();
+        let batches = stream.map(move |r| {
+            let batch =
+                r.map_err(|e| datafusion::error::DataFusionError::from(Error::data(format!("reading `{path}`: {e}"))))?;
+            if constants.is_empty() {
+                return Ok(batch);
+            }
+            let n = batch.num_rows();
+            let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+            for (_, v) in &constants {
+                cols.push(v.to_array_of_size(n)?);
+            }
+            Ok(RecordBatch::try_new(out_schema.clone(), cols)?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out, batches)))
+    }
+}
+
+/// A rank's block of a pass when sharding by row groups: rank `r` of `w` takes the rows
+/// `r·n/w .. (r+1)·n/w` of the pass's row order (`n` rows in all), so the blocks cover the rows,
+/// never overlap and differ by at most one row, and a rank opens only the row groups its block
+/// touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocks {
+    pub rows: u64,
+}
+
+impl Blocks {
+    /// The positions (in the pass's row order) of `shard`'s block.
+    pub fn range(&self, shard: super::Shard) -> std::ops::Range<u64> {
+        let at = |r: u64| ((r as u128 * self.rows as u128) / shard.world_size.max(1) as u128) as u64;
+        at(shard.rank)..at(shard.rank + 1)
+    }
+
+    /// The last window holding rows of `shard`'s block (`None`: an empty block).
+    pub fn last_window(&self, shard: super::Shard, window_rows: u64) -> Option<u64> {
+        let r = self.range(shard);
+        (r.end > r.start).then(|| (r.end - 1) / window_rows.max(1))
+    }
+}
