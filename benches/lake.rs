@@ -32,6 +32,7 @@ use pretext::stream::StreamCursor;
 
 const FILES: usize = 12;
 const DOCS_PER_FILE: usize = 20_000;
+const GROUP_ROWS: usize = 4096;
 
 fn corpus(dir: &Path) -> u64 {
     let words = ["river", "stone", "light", "quiet", "north", "paper", "glass", "seven", "window", "garden"];
@@ -56,7 +57,10 @@ fn corpus(dir: &Path) -> u64 {
         .unwrap();
         let path = dir.join(format!("corpus/part-{f:02}.parquet"));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None).unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(GROUP_ROWS))
+            .build();
+        let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), Some(props)).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
         bytes += std::fs::metadata(&path).unwrap().len();
@@ -105,8 +109,21 @@ fn plan(rt: &tokio::runtime::Runtime, dir: &Path, yaml: &str) -> Arc<Plan> {
 }
 
 fn scan_all(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> u64 {
+    scan_shard(rt, plan, Shard::WHOLE)
+}
+
+fn scan_shard(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>, shard: Shard) -> u64 {
+    scan_with(rt, plan, shard, ScanOptions::default())
+}
+
+/// A pass reading the row groups in a seeded permutation.
+fn scan_shuffled(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> u64 {
+    scan_with(rt, plan, Shard::WHOLE, ScanOptions { shuffle_seed: Some(7), ..Default::default() })
+}
+
+fn scan_with(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>, shard: Shard, opts: ScanOptions) -> u64 {
     rt.block_on(async {
-        let mut s = plan.source.scan(Shard::WHOLE, ScanOptions::default());
+        let mut s = plan.source.scan(shard, opts);
         let mut n = 0;
         while let Some(b) = s.next().await {
             n += b.unwrap().num_rows() as u64;
@@ -127,6 +144,19 @@ fn bench(c: &mut Criterion) {
     let local = plan(&rt, d, "name: b\nsource: { path: corpus }\ntask: { mlm: { seq_len: 128 } }\n");
     assert_eq!(scan_all(&rt, &local), docs);
     g.bench_function("scan_local", |b| b.iter(|| scan_all(&rt, &local)));
+    g.bench_function("scan_local_shuffled", |b| b.iter(|| scan_shuffled(&rt, &local)));
+    // One rank of four: opens only the row groups of its block.
+    let quarter = Shard { rank: 1, world_size: 4 };
+    assert_eq!(scan_shard(&rt, &local, quarter), docs / 4);
+    g.bench_function("scan_local_rank_1_of_4", |b| b.iter(|| scan_shard(&rt, &local, quarter)));
+    // The same source read file by file (a `sql` source), every rank reading every row.
+    let by_file = plan(
+        &rt,
+        d,
+        "name: b\nsource: { path: corpus, sql: 'SELECT * FROM source' }\ntask: { mlm: { seq_len: 128 } }\n",
+    );
+    assert_eq!(scan_all(&rt, &by_file), docs);
+    g.bench_function("scan_local_by_file", |b| b.iter(|| scan_all(&rt, &by_file)));
     let server = moto();
     if let Some(m) = &server {
         let endpoint = format!("http://127.0.0.1:{}", m.1);
@@ -162,7 +192,20 @@ fn bench(c: &mut Criterion) {
         );
         assert_eq!(scan_all(&rt, &remote), docs);
         g.bench_function("scan_s3", |b| b.iter(|| scan_all(&rt, &remote)));
+        g.bench_function("scan_s3_shuffled", |b| b.iter(|| scan_shuffled(&rt, &remote)));
         // The server's floor: every file fetched whole, one after another, by object_store.
+        g.bench_function("get_s3_whole_files_4_at_once", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let gets = (0..FILES).map(|f| {
+                        let key = format!("corpus/part-{f:02}.parquet");
+                        let store = &store;
+                        async move { store.get(&key.as_str().into()).await.unwrap().bytes().await.unwrap().len() }
+                    });
+                    futures::stream::iter(gets).buffer_unordered(4).collect::<Vec<_>>().await.iter().sum::<usize>()
+                })
+            })
+        });
         g.bench_function("get_s3_whole_files", |b| {
             b.iter(|| {
                 rt.block_on(async {

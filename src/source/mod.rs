@@ -627,9 +627,10 @@ impl Source {
             source: Arc::new(self.clone()),
             first: None,
             prefetch: std::collections::VecDeque::new(),
-            ahead: if self.remote.is_some() { 4 } else { 1 },
+            ahead: if self.remote.is_some() { REMOTE_AHEAD } else { 1 },
             ctx: new_context(self.remote.as_ref()),
             columns: Arc::new(self.read_columns(examples.as_ref())),
+            cache: self.units.as_ref().and_then(|u| u.scan_cache(opts.shuffle_seed.is_none())),
             order,
             bases,
             counted_current: false,
@@ -712,14 +713,26 @@ impl Source {
                     _ => {
                         st.prefetch.clear();
                         let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
-                        open_item(source, ctx, columns, item, skip).await?
+                        open_item(source, ctx, columns, st.cache.clone(), item, skip).await?
                     }
                 };
                 let mut next = st.prefetch.back().map(|(p, _)| p + 1).unwrap_or(k + 1);
-                while st.prefetch.len() < st.ahead && next < st.order.len() && !st.past_block(next) {
+                // On a store, up to `REMOTE_AHEAD` items and `REMOTE_AHEAD_BYTES` are in flight.
+                let bytes_of = |st: &ScanState, k: usize| match &st.source.units {
+                    Some(units) => units.group_bytes(units.groups[st.order[k]]),
+                    None => st.source.files[st.order[k]].bytes,
+                };
+                let mut in_flight: u64 = st.prefetch.iter().map(|(p, _)| bytes_of(&st, *p)).sum();
+                while st.prefetch.len() < st.ahead
+                    && next < st.order.len()
+                    && !st.past_block(next)
+                    && (st.prefetch.is_empty() || in_flight + bytes_of(&st, next) <= REMOTE_AHEAD_BYTES)
+                {
+                    in_flight += bytes_of(&st, next);
                     let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
                     let item = st.order[next];
-                    st.prefetch.push_back((next, SpawnedTask::spawn(open_item(source, ctx, columns, item, 0))));
+                    let task = SpawnedTask::spawn(open_item(source, ctx, columns, st.cache.clone(), item, 0));
+                    st.prefetch.push_back((next, task));
                     next += 1;
                 }
                 let (fi, first_group) = match &st.source.units {
@@ -824,6 +837,7 @@ async fn open_item(
     source: Arc<Source>,
     ctx: SessionContext,
     columns: Arc<Vec<String>>,
+    cache: Option<Arc<units::ObjectCache>>,
     item: usize,
     skip: u64,
 ) -> Result<Opened> {
@@ -835,7 +849,7 @@ async fn open_item(
             let constants = source
                 .partition_values(f)
                 .map_err(|e| Error::data(format!("partition values of `{}`: {e}", f.relative)))?;
-            units.open(g, skip.saturating_sub(g.first_row), &columns, &constants, f)?
+            units.open(g, skip.saturating_sub(g.first_row), &columns, &constants, f, cache.as_deref())?
         }
         None => {
             let f = &source.files[item];
@@ -995,6 +1009,12 @@ impl Split {
     }
 }
 
+/// Items (row groups or files) of an object store opened ahead of the one streaming.
+const REMOTE_AHEAD: usize = 16;
+
+/// Bytes (compressed) of those items at most.
+const REMOTE_AHEAD_BYTES: u64 = 64 << 20;
+
 struct ScanState {
     source: Arc<Source>,
     /// The current item's first batch, read when it was opened.
@@ -1006,6 +1026,8 @@ struct ScanState {
     ctx: SessionContext,
     /// The columns read from row groups.
     columns: Arc<Vec<String>>,
+    /// Whole small objects fetched in this scan, for their other row groups.
+    cache: Option<Arc<units::ObjectCache>>,
     /// The pass's items: row groups of `source.units`, or files.
     order: Vec<usize>,
     /// With blocks: the position of each item's first row in the pass.

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::scalar::ScalarValue;
@@ -49,18 +49,60 @@ pub struct Units {
     store: Arc<dyn ObjectStore>,
     locations: Vec<StorePath>,
     footers: Vec<ArrowReaderMetadata>,
+    /// Whether the files are on an object store.
+    remote: bool,
     /// Every row group, file by file.
     pub groups: Vec<Group>,
     /// Rows in all files.
     pub rows: u64,
 }
 
+/// Objects on a store up to this size are fetched whole, once, when their first row group is
+/// read: a request costs far more than its bytes, so several row groups of a small file should
+/// not each pay for one.
+const WHOLE_OBJECT_BYTES: u64 = 32 << 20;
+
+/// How many bytes of whole objects stay cached for their other row groups.
+const CACHED_OBJECT_BYTES: u64 = 128 << 20;
+
+/// A whole object, fetched by the first reader that needs it.
+type Whole = Arc<tokio::sync::OnceCell<bytes::Bytes>>;
+
+/// Whole small objects, most recent last, shared by the readers of one scan (so each pass
+/// fetches an object once, and no pass is served from an earlier one's memory).
+#[derive(Debug, Default)]
+pub struct ObjectCache {
+    /// (file, bytes, its contents once fetched).
+    entries: std::sync::Mutex<std::collections::VecDeque<(usize, u64, Whole)>>,
+}
+
+impl ObjectCache {
+    /// The cell holding file `file` (`size` bytes), made (and older ones evicted) when missing.
+    fn cell(&self, file: usize, size: u64) -> Whole {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, cell)) = entries.iter().find(|(f, _, _)| *f == file) {
+            return cell.clone();
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        entries.push_back((file, size, cell.clone()));
+        let mut total: u64 = entries.iter().map(|(_, s, _)| s).sum();
+        while total > CACHED_OBJECT_BYTES && entries.len() > 1 {
+            if let Some((_, s, _)) = entries.pop_front() {
+                total -= s;
+            }
+        }
+        cell
+    }
+}
+
 /// Ranged reads of one object of known size (what `parquet`'s async reader needs): the column
-/// chunks of a row group arrive in one `get_ranges` call, which merges nearby ranges.
+/// chunks of a row group arrive in one `get_ranges` call, which merges nearby ranges; a small
+/// object on a store is fetched whole into `whole` instead.
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: StorePath,
     size: u64,
+    whole: Option<Whole>,
 }
 
 fn external(e: object_store::Error) -> ParquetError {
@@ -76,7 +118,30 @@ impl AsyncFileReader for ObjectReader {
         &mut self,
         ranges: Vec<std::ops::Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+        async move {
+            let Some(whole) = &self.whole else {
+                return self.store.get_ranges(&self.path, &ranges).await.map_err(external);
+            };
+            let (store, path) = (&self.store, &self.path);
+            let all = whole
+                .get_or_try_init(|| async move { store.get(path).await?.bytes().await })
+                .await
+                .map_err(external)?;
+            ranges
+                .iter()
+                .map(|r| {
+                    let (a, b) = (r.start as usize, r.end as usize);
+                    if b > all.len() || a > b {
+                        return Err(ParquetError::General(format!(
+                            "range {a}..{b} is past the end of the object ({} bytes)",
+                            all.len()
+                        )));
+                    }
+                    Ok(all.slice(a..b))
+                })
+                .collect()
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(
@@ -136,7 +201,7 @@ impl Units {
                 .collect::<Result<_>>()?
         } else {
             futures::stream::iter(files.iter().zip(&locations).map(|(f, loc)| {
-                let mut reader = ObjectReader { store: store.clone(), path: loc.clone(), size: f.bytes };
+                let mut reader = ObjectReader { store: store.clone(), path: loc.clone(), size: f.bytes, whole: None };
                 async move {
                     ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
                         .await
@@ -158,7 +223,46 @@ impl Units {
             }
             rows += first_row;
         }
-        Ok(Units { store, locations, footers, groups, rows })
+        // Strings and binaries decode as views into the pages (no copy), as DataFusion reads them.
+        let footers = footers
+            .into_iter()
+            .zip(files)
+            .map(|(footer, f)| {
+                let schema = Schema::new_with_metadata(
+                    footer
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|fl| match fl.data_type() {
+                            DataType::Utf8 | DataType::LargeUtf8 => {
+                                Arc::new(fl.as_ref().clone().with_data_type(DataType::Utf8View))
+                            }
+                            DataType::Binary | DataType::LargeBinary => {
+                                Arc::new(fl.as_ref().clone().with_data_type(DataType::BinaryView))
+                            }
+                            _ => fl.clone(),
+                        })
+                        .collect::<Vec<_>>(),
+                    footer.schema().metadata().clone(),
+                );
+                let options = ArrowReaderOptions::new().with_schema(Arc::new(schema));
+                ArrowReaderMetadata::try_new(footer.metadata().clone(), options).map_err(|e| unreadable(f, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Units { store, locations, footers, remote: remote.is_some(), groups, rows })
+    }
+
+    /// A cache of whole small objects for one scan that reads the row groups in file order
+    /// (`None` for local files, and for shuffled scans: those visit a file's row groups far
+    /// apart, and ranged reads of the wanted columns fetch less than whole objects evicted
+    /// and fetched again).
+    pub fn scan_cache(&self, in_order: bool) -> Option<Arc<ObjectCache>> {
+        (self.remote && in_order).then(|| Arc::new(ObjectCache::default()))
+    }
+
+    /// The compressed size of row group `g`.
+    pub fn group_bytes(&self, g: Group) -> u64 {
+        self.footers[g.file].metadata().row_group(g.index).compressed_size().max(0) as u64
     }
 
     /// The Arrow schema of file `file`.
@@ -175,6 +279,7 @@ impl Units {
         columns: &[String],
         constants: &[(String, ScalarValue)],
         file: &SourceFile,
+        cache: Option<&ObjectCache>,
     ) -> Result<SendableRecordBatchStream> {
         let footer = self.footers[g.file].clone();
         let schema = footer.schema().clone();
@@ -184,7 +289,9 @@ impl Units {
         roots.sort_unstable();
         roots.dedup();
         let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots.iter().copied());
-        let reader = ObjectReader { store: self.store.clone(), path: self.locations[g.file].clone(), size: file.bytes };
+        let whole = cache.filter(|_| file.bytes <= WHOLE_OBJECT_BYTES).map(|c| c.cell(g.file, file.bytes));
+        let reader =
+            ObjectReader { store: self.store.clone(), path: self.locations[g.file].clone(), size: file.bytes, whole };
         let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
             .with_row_groups(vec![g.index])
             .with_projection(mask)
