@@ -126,6 +126,54 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Training from the export: a pass over it as `format: pretext` (ready-made examples, in
+    // batches), next to a plain read of the same files.
+    let probe = scratch.path().join("probe");
+    let yaml = format!(
+        "name: read\nsource: {{ path: '{}', format: pretext }}\ntokenizer: {tok_yaml}\ntask: {{ {task} }}\nstream: {{ batch_size: 1024 }}\n",
+        probe.display()
+    );
+    let pipeline = pretext::spec::load_str(&yaml, "read.yaml", PathBuf::from("."), &[]).unwrap();
+    let reader = rt.block_on(Plan::build(pipeline, &BuildOptions::default())).unwrap();
+    let parts: Vec<PathBuf> = std::fs::read_dir(&probe)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    let mut g = c.benchmark_group("read_export");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(report.tokens));
+    g.bench_function("pretext_pass", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                use futures::StreamExt;
+                let mut s = reader.stream();
+                let mut n = 0;
+                while let Some(batch) = s.next().await {
+                    n += batch.unwrap().num_rows();
+                }
+                assert_eq!(n as u64, report.rows);
+                n
+            })
+        })
+    });
+    g.bench_function("parquet_read_all_columns", |b| {
+        b.iter(|| {
+            parts
+                .iter()
+                .map(|p| {
+                    let f = std::fs::File::open(p).unwrap();
+                    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                    r.map(|b| b.unwrap().num_rows()).sum::<usize>()
+                })
+                .sum::<usize>()
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

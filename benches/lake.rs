@@ -2,7 +2,14 @@
 //!
 //! - `scan_local` / `scan_s3`: reading the documents of a 12-file Parquet corpus through the
 //!   source (DataFusion, keys, filters) from local disk, and from a local S3-compatible server
-//!   (moto on loopback) — the issue's target: S3 at least 50% of local.
+//!   (moto on loopback, or s3s-fs when `PRETEXT_BENCH_S3S_FS` names its binary) — the issue's
+//!   target: S3 at least 50% of local. `get_s3_whole_files` (one after another, and 4 at once)
+//!   is the server's floor: fetching the same objects whole, without reading them.
+//! - `pass_local` / `pass_s3`: the whole pipeline (bytes tokenizer, packing, MLM) over the same
+//!   corpus from disk and from the server, where reading overlaps the work.
+//! - `scan_local_rank_1_of_4`: one rank of four (reads a quarter of the row groups);
+//!   `scan_local_by_file`: the file-by-file path that `sql:` sources take; `*_shuffled`: the row
+//!   groups in a seeded permutation.
 //! - `restore_at_{10,50,90}pct`: restoring a stream cursor saved 10%, 50% and 90% into a pass
 //!   and producing the first batch after it (packed MLM, windows of 4,096 documents) — target:
 //!   under 1 second wherever the cursor is. Baseline: `first_batch_from_start`.
@@ -13,7 +20,9 @@
 //! ```text
 //! cargo bench --bench lake
 //! ```
-//! The S3 figures need `python3 -m pip install 'moto[server]'`; without it they are skipped.
+//! The S3 figures need `python3 -m pip install 'moto[server]'` (or `cargo install s3s-fs
+//! --features binary` and `PRETEXT_BENCH_S3S_FS=$(which s3s-fs)`); without either they are
+//! skipped.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -68,29 +77,53 @@ fn corpus(dir: &Path) -> u64 {
     bytes
 }
 
-struct Moto(Child, u16);
+/// A local S3-compatible server: `s3s-fs` (Rust) when `PRETEXT_BENCH_S3S_FS` names its binary
+/// (`cargo install s3s-fs --features binary`), else moto in server mode (Python).
+struct Server {
+    child: Child,
+    port: u16,
+    name: &'static str,
+    _root: Option<tempfile::TempDir>,
+}
 
-impl Drop for Moto {
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn moto() -> Option<Moto> {
-    let ok = Command::new("python3").args(["-c", "import moto.server, flask_cors"]).output().ok()?.status.success();
-    if !ok {
-        eprintln!("moto[server] is not installed: skipping the S3 figures");
-        return None;
-    }
+fn server() -> Option<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let m = Moto(child, port);
+    let server = match std::env::var("PRETEXT_BENCH_S3S_FS") {
+        Ok(bin) => {
+            let root = tempfile::tempdir().ok()?;
+            std::fs::create_dir(root.path().join("lake")).ok()?;
+            let child = Command::new(bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", "bench", "--secret-key", "bench"])
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            Server { child, port, name: "s3s-fs", _root: Some(root) }
+        }
+        Err(_) => {
+            let ok = Command::new("python3").args(["-c", "import moto.server, flask_cors"]).output().ok()?.status.success();
+            if !ok {
+                eprintln!("moto[server] is not installed: skipping the S3 figures");
+                return None;
+            }
+            let child = Command::new("python3")
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            Server { child, port, name: "moto", _root: None }
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -98,7 +131,8 @@ fn moto() -> Option<Moto> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Some(m)
+    eprintln!("S3 server: {}", server.name);
+    Some(server)
 }
 
 fn plan(rt: &tokio::runtime::Runtime, dir: &Path, yaml: &str) -> Arc<Plan> {
@@ -119,6 +153,18 @@ fn scan_shard(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>, shard: Shard) -> u
 /// A pass reading the row groups in a seeded permutation.
 fn scan_shuffled(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> u64 {
     scan_with(rt, plan, Shard::WHOLE, ScanOptions { shuffle_seed: Some(7), ..Default::default() })
+}
+
+/// A whole pass of the pipeline (tokenize, pack, mask), the reading overlapped with the work.
+fn pass(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> u64 {
+    rt.block_on(async {
+        let mut s = plan.stream();
+        let mut n = 0;
+        while let Some(b) = s.next().await {
+            n += b.unwrap().num_rows() as u64;
+        }
+        n
+    })
 }
 
 fn scan_with(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>, shard: Shard, opts: ScanOptions) -> u64 {
@@ -157,9 +203,9 @@ fn bench(c: &mut Criterion) {
     );
     assert_eq!(scan_all(&rt, &by_file), docs);
     g.bench_function("scan_local_by_file", |b| b.iter(|| scan_all(&rt, &by_file)));
-    let server = moto();
+    let server = server();
     if let Some(m) = &server {
-        let endpoint = format!("http://127.0.0.1:{}", m.1);
+        let endpoint = format!("http://127.0.0.1:{}", m.port);
         std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
         let store = object_store::aws::AmazonS3Builder::new()
@@ -171,13 +217,15 @@ fn bench(c: &mut Criterion) {
             .with_secret_access_key("bench")
             .build()
             .unwrap();
-        // moto creates a bucket on an unsigned PUT.
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", m.1)).unwrap();
-        use std::io::{Read, Write};
-        write!(s, "PUT /lake HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", m.1)
-            .unwrap();
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
+        if m.name == "moto" {
+            // moto creates a bucket on an unsigned PUT (s3s-fs has it as a directory).
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+            use std::io::{Read, Write};
+            write!(s, "PUT /lake HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", m.port)
+                .unwrap();
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+        }
         rt.block_on(async {
             for f in 0..FILES {
                 let name = format!("part-{f:02}.parquet");
@@ -192,6 +240,9 @@ fn bench(c: &mut Criterion) {
         );
         assert_eq!(scan_all(&rt, &remote), docs);
         g.bench_function("scan_s3", |b| b.iter(|| scan_all(&rt, &remote)));
+        // The pipeline end to end, from the store and from disk: reading overlaps the work.
+        g.bench_function("pass_local", |b| b.iter(|| pass(&rt, &local)));
+        g.bench_function("pass_s3", |b| b.iter(|| pass(&rt, &remote)));
         g.bench_function("scan_s3_shuffled", |b| b.iter(|| scan_shuffled(&rt, &remote)));
         // The server's floor: every file fetched whole, one after another, by object_store.
         g.bench_function("get_s3_whole_files_4_at_once", |b| {
