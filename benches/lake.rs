@@ -110,7 +110,8 @@ fn server() -> Option<Server> {
             Server { child, port, name: "s3s-fs", _root: Some(root) }
         }
         Err(_) => {
-            let ok = Command::new("python3").args(["-c", "import moto.server, flask_cors"]).output().ok()?.status.success();
+            let ok =
+                Command::new("python3").args(["-c", "import moto.server, flask_cors"]).output().ok()?.status.success();
             if !ok {
                 eprintln!("moto[server] is not installed: skipping the S3 figures");
                 return None;
@@ -221,8 +222,12 @@ fn bench(c: &mut Criterion) {
             // moto creates a bucket on an unsigned PUT (s3s-fs has it as a directory).
             let mut s = std::net::TcpStream::connect(("127.0.0.1", m.port)).unwrap();
             use std::io::{Read, Write};
-            write!(s, "PUT /lake HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", m.port)
-                .unwrap();
+            write!(
+                s,
+                "PUT /lake HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                m.port
+            )
+            .unwrap();
             let mut reply = String::new();
             let _ = s.read_to_string(&mut reply);
         }
