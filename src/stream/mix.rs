@@ -439,8 +439,15 @@ impl Mixer {
         for (c, n) in self.counts.examples.iter().zip(per_member) {
             c.fetch_add(n, Ordering::Relaxed);
         }
-        let refs: Vec<&RecordBatch> = batches.iter().collect();
-        let mixed = arrow::compute::interleave_record_batch(&refs, &picks)?;
+        // Consecutive rows of one batch (a single source, mostly) are a zero-copy slice.
+        let (slot, first) = picks[0];
+        let contiguous = picks.iter().enumerate().all(|(k, &(s, r))| s == slot && r == first + k);
+        let mixed = if contiguous {
+            batches[slot].slice(first, picks.len())
+        } else {
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            arrow::compute::interleave_record_batch(&refs, &picks)?
+        };
         let mut columns = mixed.columns().to_vec();
         if let Some(names) = &self.names {
             let keys = Int16Array::from(members);
