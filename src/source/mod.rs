@@ -877,22 +877,11 @@ async fn open_item(
         Some(units) => source.files[units.groups[item].file].path.display().to_string(),
         None => source.files[item].path.display().to_string(),
     };
-    // A row group of modest size is decoded whole here, so the item opened ahead is decoded
-    // on another core while the current one streams; a larger one only its first batch.
-    let whole = source.units.as_ref().is_some_and(|u| u.group_decoded_bytes(u.groups[item]) <= DECODE_AHEAD_BYTES);
-    let mut batches = Vec::new();
-    while let Some(b) = stream.next().await {
-        batches.push(b.map_err(|e| Error::data(format!("reading `{}`: {}", path(), Error::from(e))))?);
-        if !whole {
-            break;
-        }
-    }
-    if whole {
-        let schema = stream.schema();
-        let rest: Vec<datafusion::error::Result<RecordBatch>> = batches.drain(1.min(batches.len())..).map(Ok).collect();
-        stream = Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(rest)));
-    }
-    Ok(Opened::Stream(stream, batches.into_iter().next()))
+    let first = match stream.next().await {
+        Some(b) => Some(b.map_err(|e| Error::data(format!("reading `{}`: {}", path(), Error::from(e))))?),
+        None => None,
+    };
+    Ok(Opened::Stream(stream, first))
 }
 
 /// Whether the optimizer proved `plan` returns no rows (a filter on partition values that are
@@ -1019,9 +1008,6 @@ impl Split {
         }
     }
 }
-
-/// Row groups up to this size (uncompressed) are decoded whole when opened.
-const DECODE_AHEAD_BYTES: u64 = 32 << 20;
 
 /// Items (row groups or files) of an object store opened ahead of the one streaming.
 const REMOTE_AHEAD: usize = 16;

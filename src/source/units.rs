@@ -265,11 +265,6 @@ impl Units {
         self.footers[g.file].metadata().row_group(g.index).compressed_size().max(0) as u64
     }
 
-    /// The uncompressed size of row group `g` (all its columns).
-    pub fn group_decoded_bytes(&self, g: Group) -> u64 {
-        self.footers[g.file].metadata().row_group(g.index).total_byte_size().max(0) as u64
-    }
-
     /// The Arrow schema of file `file`.
     pub fn schema(&self, file: usize) -> &SchemaRef {
         self.footers[file].schema()
