@@ -87,6 +87,7 @@ fn fingerprint_of(plan: &Plan, with_data: bool) -> String {
         "tokenizer": plan.tokenizer.file_hash,
         "shard": [plan.shard.rank, plan.shard.world_size],
         "format": crate::sink::FORMAT_VERSION,
+        "stream": crate::stream::STREAM_VERSION,
     });
     if with_data {
         v["data"] = plan.data_identity();
@@ -352,7 +353,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
                 } else {
                     let mut changed = diff_fields(&progress.pipeline, &resolved);
                     if progress.pipeline == resolved {
-                        changed = vec!["the tokenizer file or the shard".into()];
+                        changed = vec!["the tokenizer file, the shard, or the version of pretext that wrote it (how the stream is cut into windows)".into()];
                     }
                     return Err(Error::env_hint(
                         format!(

@@ -225,6 +225,10 @@ fn record_examples(
     adapt(schema, out)
 }
 
+/// How a pass is cut into windows and positions, which cursors and resumable exports depend on.
+/// 2: Parquet sources without `sql` are read by row group, and their windows count positions.
+pub const STREAM_VERSION: u32 = 2;
+
 /// Rows of the source per window when shuffling is off (see [`Plan::window_rows`]).
 pub const DEFAULT_WINDOW_ROWS: u64 = 65_536;
 

@@ -13,7 +13,9 @@ use crate::train::models::Model;
 use crate::train::optim::AdamW;
 
 /// 2: the stream position is a [`StreamCursor`] (window, offset, mixture state), not a batch count.
-pub const STATE_VERSION: u32 = 2;
+/// 3: cursors of Parquet sources without `sql` name row groups and positions
+///    ([`crate::stream::STREAM_VERSION`] 2).
+pub const STATE_VERSION: u32 = 3;
 
 pub use crate::stream::StreamCursor as Cursor;
 
