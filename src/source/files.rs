@@ -342,10 +342,7 @@ pub fn check_parquet_footers(files: &[SourceFile]) -> Result<()> {
     for f in files.iter().filter(|f| !super::store::is_remote(&f.path.to_string_lossy())) {
         let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, "open", e))?;
         if let Err(e) = parquet::file::reader::SerializedFileReader::new(file) {
-            return Err(Error::data_hint(
-                format!("`{}` is not a readable Parquet file: {e}", f.path.display()),
-                "the file may be truncated or of another format; remove it, or set `source.format` to match the files",
-            ));
+            return Err(super::units::unreadable(f, e));
         }
     }
     Ok(())

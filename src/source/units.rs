@@ -157,7 +157,8 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
-fn unreadable(f: &SourceFile, e: impl std::fmt::Display) -> Error {
+/// The error for a file whose footer or row groups cannot be read as Parquet.
+pub(super) fn unreadable(f: &SourceFile, e: impl std::fmt::Display) -> Error {
     Error::data_hint(
         format!("`{}` is not a readable Parquet file: {e}", f.path.display()),
         "the file may be truncated or of another format; remove it, or set `source.format` to match the files",
