@@ -117,6 +117,26 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    // The same through `tokenizers` (pretext's fast BERT encoder off): what it buys.
+    if tok.is_fast() {
+        let reference = tok.reference();
+        g.bench_function("tokenizer_alone_reference", |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for chunk in &chunks {
+                        let tok = reference.clone();
+                        s.spawn(move || {
+                            let mut enc = Encoded::default();
+                            for t in chunk {
+                                tok.encode_framed(t, framing, None, false, &mut enc).unwrap();
+                                enc.clear();
+                            }
+                        });
+                    }
+                })
+            })
+        });
+    }
     // And a plain read of the text column.
     g.bench_function("parquet_read_text", |b| {
         b.iter(|| {

@@ -2,11 +2,12 @@
 //! `tokenizers` crate) or the built-in byte vocabulary, and knows its special tokens.
 
 mod train;
+mod wordpiece;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use tokenizers::{PostProcessor, TruncationDirection};
+use tokenizers::{PostProcessor, Token, TruncationDirection};
 
 use crate::error::{Error, Result};
 pub use train::train_tokenizer;
@@ -64,10 +65,20 @@ impl Encoded {
     }
 }
 
+/// The fast encoder of a BERT-style tokenizer.json, and the special tokens its template puts
+/// around one document (id, special flag).
+struct Fast {
+    encoder: wordpiece::FastWordPiece,
+    prefix: Vec<(i32, i8)>,
+    suffix: Vec<(i32, i8)>,
+}
+
 /// A tokenizer with its special tokens resolved. Cheap to clone (shared inside).
 #[derive(Clone)]
 pub struct TextTokenizer {
     backend: Backend,
+    /// Set when the tokenizer.json is one [`wordpiece::FastWordPiece`] reproduces exactly.
+    fast: Option<Arc<Fast>>,
     pub specials: Specials,
     /// Ids that are special (never masked, never drawn as random replacements), sorted.
     pub special_ids: Vec<u32>,
@@ -95,6 +106,7 @@ impl TextTokenizer {
         let id = |name: &str| BYTE_SPECIALS.iter().position(|s| *s == name).map(|i| BYTE_VOCAB + i as u32);
         TextTokenizer {
             backend: Backend::Bytes,
+            fast: None,
             specials: Specials {
                 pad: id("[PAD]"),
                 unk: id("[UNK]"),
@@ -155,7 +167,58 @@ impl TextTokenizer {
             }
         }
         let vocab_size = tok.get_vocab_size(true) as u32;
-        TextTokenizer { backend: Backend::Hf(Arc::new(tok)), specials, special_ids, vocab_size, description, file_hash }
+        let mut t = TextTokenizer {
+            backend: Backend::Hf(Arc::new(tok)),
+            fast: None,
+            specials,
+            special_ids,
+            vocab_size,
+            description,
+            file_hash,
+        };
+        if std::env::var_os("PRETEXT_REFERENCE_TOKENIZER").is_none_or(|v| v.is_empty() || v == "0") {
+            t.fast = t.compile_fast().map(Arc::new);
+        }
+        t
+    }
+
+    /// Builds the fast encoder when the tokenizer.json has the BERT shape and a template of
+    /// special tokens around a single sequence.
+    fn compile_fast(&self) -> Option<Fast> {
+        let tok = self.hf()?;
+        let json: serde_json::Value = serde_json::from_str(&tok.to_string(false).ok()?).ok()?;
+        let encoder = wordpiece::FastWordPiece::from_json(&json)?;
+        // What the post-processor puts around one sequence, read off a probe token.
+        const PROBE: u32 = u32::MAX - 7;
+        let probe = tokenizers::Encoding::from_tokens(vec![Token::new(PROBE, "x".into(), (0, 1))], 0);
+        let framed = tok.post_process(probe, None, true).ok()?;
+        let ids = framed.get_ids();
+        let at = ids.iter().position(|&i| i == PROBE)?;
+        if ids.iter().filter(|&&i| i == PROBE).count() != 1 {
+            return None;
+        }
+        let added = tok.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
+        if added != ids.len() - 1 {
+            return None;
+        }
+        let mask = framed.get_special_tokens_mask();
+        let flagged = |k: usize| (i32::try_from(ids[k]).ok(), (mask[k] != 0 || self.is_special(ids[k])) as i8);
+        let side = |r: std::ops::Range<usize>| -> Option<Vec<(i32, i8)>> {
+            r.map(flagged).map(|(id, s)| id.map(|id| (id, s))).collect()
+        };
+        Some(Fast { encoder, prefix: side(0..at)?, suffix: side(at + 1..ids.len())? })
+    }
+
+    /// The same tokenizer without the fast encoder: every text goes through `tokenizers`. The
+    /// ids are the same; this is for checking that they are (and for bisecting a suspected
+    /// difference: `PRETEXT_REFERENCE_TOKENIZER=1` does the same for a whole run).
+    pub fn reference(&self) -> Self {
+        TextTokenizer { fast: None, ..self.clone() }
+    }
+
+    /// Whether texts go through pretext's own encoder (ids identical to `tokenizers`).
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
     }
 
     /// The HuggingFace tokenizer inside, when there is one.
@@ -186,6 +249,11 @@ impl TextTokenizer {
         words: bool,
         out: &mut Encoded,
     ) -> Result<()> {
+        if let Some(fast) = &self.fast {
+            if self.encode_fast(fast, text, framing, max_len, words, out)? {
+                return Ok(());
+            }
+        }
         if framing == Framing::Eos {
             let eos =
                 self.specials.eos.or(self.specials.sep).ok_or_else(|| Error::internal("EOS checked at plan time"))?;
@@ -201,8 +269,7 @@ impl TextTokenizer {
                     }
                 }
                 Backend::Hf(tok) => {
-                    let mut enc = tok
-                        .encode_fast(text, false)
+                    let mut enc = hf_encode(tok, text, false, words)
                         .map_err(|e| Error::data(format!("tokenizer failed on a text: {e}")))?;
                     if let Some(max) = max_len {
                         enc.truncate(max.saturating_sub(1), 0, TruncationDirection::Right);
@@ -250,8 +317,8 @@ impl TextTokenizer {
             }
             Backend::Hf(tok) => {
                 let enc = match max_len {
-                    None => tok.encode_fast(text, true),
-                    Some(max) => tok.encode_fast(text, false).and_then(|mut enc| {
+                    None => hf_encode(tok, text, true, words),
+                    Some(max) => hf_encode(tok, text, false, words).and_then(|mut enc| {
                         let added = tok.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
                         enc.truncate(max.saturating_sub(added), 0, TruncationDirection::Right);
                         tok.post_process(enc, None, true)
@@ -276,6 +343,70 @@ impl TextTokenizer {
                 Ok(())
             }
         }
+    }
+
+    /// [`Self::encode_framed`] through the fast encoder. `false` (and `out` unchanged) when the
+    /// text must go through `tokenizers`.
+    fn encode_fast(
+        &self,
+        fast: &Fast,
+        text: &str,
+        framing: Framing,
+        max_len: Option<usize>,
+        words: bool,
+        out: &mut Encoded,
+    ) -> Result<bool> {
+        let (start, words_start) = (out.ids.len(), out.words.len());
+        let frame = |out: &mut Encoded, side: &[(i32, i8)]| {
+            out.ids.extend(side.iter().map(|t| t.0));
+            out.special.extend(side.iter().map(|t| t.1));
+            if words {
+                out.words.extend(std::iter::repeat_n(-1, side.len()));
+            }
+        };
+        let (prefix, suffix): (&[_], &[_]) = match framing {
+            Framing::Template => (&fast.prefix, &fast.suffix),
+            Framing::Eos => (&[], &[]),
+        };
+        let added = match framing {
+            Framing::Template => prefix.len() + suffix.len(),
+            Framing::Eos => 1,
+        };
+        let limit = max_len.map_or(usize::MAX, |m| m.saturating_sub(added));
+        frame(out, prefix);
+        let body = out.ids.len();
+        let word_ids = if words { Some(&mut out.words) } else { None };
+        if fast.encoder.encode(text, limit, &mut out.ids, word_ids).is_err() {
+            out.ids.truncate(start);
+            out.special.truncate(start);
+            out.words.truncate(words_start);
+            return Ok(false);
+        }
+        for k in body..out.ids.len() {
+            out.special.push(self.is_special(out.ids[k] as u32) as i8);
+        }
+        match framing {
+            Framing::Eos => {
+                if out.ids.len() > start {
+                    let eos = self
+                        .specials
+                        .eos
+                        .or(self.specials.sep)
+                        .ok_or_else(|| Error::internal("EOS checked at plan time"))?;
+                    push_special(out, eos, words);
+                }
+            }
+            Framing::Template => {
+                frame(out, suffix);
+                // As below: a packed document needs a boundary the template did not give it.
+                if max_len.is_none() && out.ids.len() > start && out.special.last() == Some(&0) {
+                    if let Some(sep) = self.specials.sep.or(self.specials.eos) {
+                        push_special(out, sep, words);
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Decodes ids to text, special tokens included.
@@ -340,6 +471,21 @@ impl TextTokenizer {
     /// Ids a random replacement may take: every non-special id.
     pub fn replacement_pool(&self) -> Vec<i32> {
         (0..self.vocab_size).filter(|&i| !self.is_special(i)).map(|i| i as i32).collect()
+    }
+}
+
+/// `tokenizers`' encoding of one text. Its `encode_fast` skips offsets and, with them, word
+/// indices (every token gets none), so whole-word masking needs the full `encode`.
+fn hf_encode(
+    tok: &tokenizers::Tokenizer,
+    text: &str,
+    add_special_tokens: bool,
+    words: bool,
+) -> tokenizers::Result<tokenizers::Encoding> {
+    if words {
+        tok.encode(text, add_special_tokens)
+    } else {
+        tok.encode_fast(text, add_special_tokens)
     }
 }
 
