@@ -138,6 +138,9 @@ pub(super) struct FastWordPiece {
 /// Why a text is left to `tokenizers`.
 pub(super) struct Fallback;
 
+/// Bytes of scratch a worker keeps between texts.
+const SCRATCH_KEEP: usize = 1 << 22;
+
 thread_local! {
     static SCRATCH: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
 }
@@ -277,6 +280,11 @@ impl FastWordPiece {
             return Err(Fallback);
         }
         SCRATCH.with_borrow_mut(|(stage, normalized)| {
+            // One huge document must not pin its size in every worker for the rest of the run.
+            if normalized.capacity() > SCRATCH_KEEP {
+                *stage = String::new();
+                *normalized = String::new();
+            }
             self.normalize_into(text, stage, normalized);
             if self.added_normalized.as_ref().is_some_and(|a| a.is_match(normalized.as_str())) {
                 return Err(Fallback);
