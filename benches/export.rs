@@ -101,41 +101,26 @@ fn bench(c: &mut Criterion) {
     let tok: TextTokenizer = plan.tokenizer.clone();
     let framing = plan.framing;
     let chunks: Vec<Vec<String>> = texts.chunks(texts.len().div_ceil(workers)).map(|c| c.to_vec()).collect();
-    g.bench_function("tokenizer_alone", |b| {
-        b.iter(|| {
-            std::thread::scope(|s| {
-                for chunk in &chunks {
-                    let tok = tok.clone();
-                    s.spawn(move || {
-                        let mut enc = Encoded::default();
-                        for t in chunk {
-                            tok.encode_framed(t, framing, None, false, &mut enc).unwrap();
-                            enc.clear();
-                        }
-                    });
-                }
-            })
+    // Every chunk on its own thread, as the workers split a pass.
+    let tokenize_all = |tok: &TextTokenizer| {
+        std::thread::scope(|s| {
+            for chunk in &chunks {
+                let tok = tok.clone();
+                s.spawn(move || {
+                    let mut enc = Encoded::default();
+                    for t in chunk {
+                        tok.encode_framed(t, framing, None, false, &mut enc).unwrap();
+                        enc.clear();
+                    }
+                });
+            }
         })
-    });
+    };
+    g.bench_function("tokenizer_alone", |b| b.iter(|| tokenize_all(&tok)));
     // The same through `tokenizers` (pretext's fast BERT encoder off): what it buys.
     if tok.is_fast() {
         let reference = tok.reference();
-        g.bench_function("tokenizer_alone_reference", |b| {
-            b.iter(|| {
-                std::thread::scope(|s| {
-                    for chunk in &chunks {
-                        let tok = reference.clone();
-                        s.spawn(move || {
-                            let mut enc = Encoded::default();
-                            for t in chunk {
-                                tok.encode_framed(t, framing, None, false, &mut enc).unwrap();
-                                enc.clear();
-                            }
-                        });
-                    }
-                })
-            })
-        });
+        g.bench_function("tokenizer_alone_reference", |b| b.iter(|| tokenize_all(&reference)));
     }
     // And a plain read of the text column.
     g.bench_function("parquet_read_text", |b| {

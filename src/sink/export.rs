@@ -526,7 +526,7 @@ async fn write_parts(
     // The stream runs in its own task, a few batches ahead: encoding a row group is long and
     // synchronous, and a stream polled only between writes would leave the workers idle.
     let (tx, mut rx) = tokio::sync::mpsc::channel(AHEAD);
-    let _producer = datafusion::common::runtime::SpawnedTask::spawn(async move {
+    let producer = datafusion::common::runtime::SpawnedTask::spawn(async move {
         let mut stream = stream;
         while let Some(item) = stream.next().await {
             let failed = item.is_err();
@@ -553,6 +553,9 @@ async fn write_parts(
             meter.add(batch.num_rows() as u64, tokens_in(&batch));
             writer.push(batch, &before, skipped as u64).await?;
         }
+        // The channel also closes when the stream's task dies: that must fail the export, not
+        // end it early as if the stream were done.
+        producer.join().await.map_err(|e| Error::internal(format!("the example stream stopped: {e}")))?;
         writer.close_part().await
     }
     .await;

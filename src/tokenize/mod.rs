@@ -255,8 +255,7 @@ impl TextTokenizer {
             }
         }
         if framing == Framing::Eos {
-            let eos =
-                self.specials.eos.or(self.specials.sep).ok_or_else(|| Error::internal("EOS checked at plan time"))?;
+            let eos = self.eos()?;
             let start = out.ids.len();
             match &self.backend {
                 Backend::Bytes => {
@@ -333,14 +332,26 @@ impl TextTokenizer {
                 if words {
                     out.words.extend(enc.get_word_ids().iter().map(|w| w.map(|w| w as i32).unwrap_or(-1)));
                 }
-                // Packed documents need a boundary: a tokenizer.json without a post-processor adds
-                // none, so close the document with its separator (or end-of-text) token.
-                if max_len.is_none() && out.ids.len() > start && out.special.last() == Some(&0) {
-                    if let Some(sep) = self.specials.sep.or(self.specials.eos) {
-                        push_special(out, sep, words);
-                    }
+                if max_len.is_none() {
+                    self.close_packed(out, start, words);
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// The token that closes a document under [`Framing::Eos`].
+    fn eos(&self) -> Result<u32> {
+        self.specials.eos.or(self.specials.sep).ok_or_else(|| Error::internal("EOS checked at plan time"))
+    }
+
+    /// Packed documents need a boundary: a tokenizer.json without a post-processor adds none, so
+    /// a document (from `start` in `out`) not ending in a special token gets its separator (or
+    /// end-of-text) token.
+    fn close_packed(&self, out: &mut Encoded, start: usize, words: bool) {
+        if out.ids.len() > start && out.special.last() == Some(&0) {
+            if let Some(sep) = self.specials.sep.or(self.specials.eos) {
+                push_special(out, sep, words);
             }
         }
     }
@@ -388,21 +399,13 @@ impl TextTokenizer {
         match framing {
             Framing::Eos => {
                 if out.ids.len() > start {
-                    let eos = self
-                        .specials
-                        .eos
-                        .or(self.specials.sep)
-                        .ok_or_else(|| Error::internal("EOS checked at plan time"))?;
-                    push_special(out, eos, words);
+                    push_special(out, self.eos()?, words);
                 }
             }
             Framing::Template => {
                 frame(out, suffix);
-                // As below: a packed document needs a boundary the template did not give it.
-                if max_len.is_none() && out.ids.len() > start && out.special.last() == Some(&0) {
-                    if let Some(sep) = self.specials.sep.or(self.specials.eos) {
-                        push_special(out, sep, words);
-                    }
+                if max_len.is_none() {
+                    self.close_packed(out, start, words);
                 }
             }
         }

@@ -108,12 +108,25 @@ fn is_bert_punc(c: char) -> bool {
     c.is_ascii_punctuation() || c.is_punctuation()
 }
 
-/// What one ASCII byte of the normalized text does to the pre-tokenizer.
+/// What one character of the normalized text does to the pre-tokenizer: whitespace separates
+/// words, punctuation is a word of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Letter,
     Space,
     Punct,
+}
+
+impl Class {
+    fn of(c: char) -> Self {
+        if c.is_whitespace() {
+            Class::Space
+        } else if is_bert_punc(c) {
+            Class::Punct
+        } else {
+            Class::Letter
+        }
+    }
 }
 
 /// A `tokenizer.json` with the BERT pipeline, compiled for speed.
@@ -210,13 +223,7 @@ impl FastWordPiece {
                     }
                 }
             };
-            ascii_class[b as usize] = if c.is_whitespace() {
-                Class::Space
-            } else if is_bert_punc(c) {
-                Class::Punct
-            } else {
-                Class::Letter
-            };
+            ascii_class[b as usize] = Class::of(c);
         }
 
         let mut fast = FastWordPiece {
@@ -301,14 +308,7 @@ impl FastWordPiece {
                     (1, self.ascii_class[b as usize])
                 } else {
                     let c = normalized[i..].chars().next().unwrap_or(' ');
-                    let class = if c.is_whitespace() {
-                        Class::Space
-                    } else if is_bert_punc(c) {
-                        Class::Punct
-                    } else {
-                        Class::Letter
-                    };
-                    (c.len_utf8(), class)
+                    (c.len_utf8(), Class::of(c))
                 };
                 let end = match class {
                     Class::Space => {
@@ -327,7 +327,7 @@ impl FastWordPiece {
                                 j += 1;
                             } else {
                                 let c = normalized[j..].chars().next().unwrap_or(' ');
-                                if c.is_whitespace() || is_bert_punc(c) {
+                                if Class::of(c) != Class::Letter {
                                     break;
                                 }
                                 j += c.len_utf8();
