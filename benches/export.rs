@@ -72,8 +72,10 @@ fn bench(c: &mut Criterion) {
         Some(t) => format!("{{ file: '{t}' }}"),
         None => "{ bytes: {} }".into(),
     };
+    // More export settings, as YAML keys: e.g. `compression: lz4`.
+    let export_yaml = std::env::var("PRETEXT_BENCH_EXPORT").map(|e| format!(", {e}")).unwrap_or_default();
     let yaml = format!(
-        "name: bench\nsource: {{ path: '{}' }}\ntokenizer: {tok_yaml}\ntask: {{ {task} }}\nstream: {{ workers: auto, batch_size: 1024 }}\nexport: {{ rows_per_file: 1000000 }}\n",
+        "name: bench\nsource: {{ path: '{}' }}\ntokenizer: {tok_yaml}\ntask: {{ {task} }}\nstream: {{ workers: auto, batch_size: 1024 }}\nexport: {{ rows_per_file: 1000000{export_yaml} }}\n",
         corpus.display()
     );
     let pipeline = pretext::spec::load_str(&yaml, "bench.yaml", PathBuf::from("."), &[]).unwrap();

@@ -150,11 +150,37 @@ fn tokens_in(batch: &RecordBatch) -> u64 {
 struct PartWriter {
     index: usize,
     tmp: PathBuf,
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<Hashed>,
     rows: u64,
     tokens: u64,
     /// Rows per mixture member.
     sources: std::collections::BTreeMap<String, u64>,
+}
+
+/// A part file, hashed (xxh3-64) and counted as it is written, so closing it reads nothing back.
+struct Hashed {
+    file: File,
+    hash: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl Hashed {
+    fn new(file: File) -> Self {
+        Hashed { file, hash: xxhash_rust::xxh3::Xxh3::new(), bytes: 0 }
+    }
+}
+
+impl std::io::Write for Hashed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 struct Writer {
@@ -177,7 +203,7 @@ impl Writer {
         let index = self.progress.parts.len();
         let tmp = self.dir.join(format!(".{}.tmp", part_name(index)));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
+        let writer = ArrowWriter::try_new(Hashed::new(file), self.schema.clone(), Some(self.props.clone()))
             .map_err(|e| Error::internal(format!("parquet writer: {e}")))?;
         self.current = Some(PartWriter { index, tmp, writer, rows: 0, tokens: 0, sources: Default::default() });
         Ok(())
@@ -216,7 +242,10 @@ impl Writer {
         if self.pending_rows == 0 {
             return Ok(());
         }
-        let chunk = arrow::compute::concat_batches(&self.schema, &self.pending)?;
+        let chunk = match self.pending.as_slice() {
+            [one] => one.clone(),
+            _ => arrow::compute::concat_batches(&self.schema, &self.pending)?,
+        };
         self.pending.clear();
         self.pending_rows = 0;
         let part = self.current.as_mut().ok_or_else(|| Error::internal("chunk without a part"))?;
@@ -244,19 +273,18 @@ impl Writer {
         let Some(part) = self.current.take() else { return Ok(()) };
         let file =
             part.writer.into_inner().map_err(|e| Error::env(format!("finishing `{}`: {e}", part.tmp.display())))?;
-        file.sync_all().map_err(|e| Error::io(&part.tmp, "sync", e))?;
+        file.file.sync_all().map_err(|e| Error::io(&part.tmp, "sync", e))?;
         let name = part_name(part.index);
-        let bytes = std::fs::read(&part.tmp).map_err(|e| Error::io(&part.tmp, "read back", e))?;
         let done = Part {
             resume: self.resume.take(),
             file: name.clone(),
             rows: part.rows,
             tokens: part.tokens,
             sources: part.sources,
-            bytes: bytes.len() as u64,
-            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+            bytes: file.bytes,
+            xxh3: format!("{:016x}", file.hash.digest()),
         };
-        self.target.store_part(&name, &part.tmp, bytes).await?;
+        self.target.store_part(&name, &part.tmp).await?;
         self.progress.parts.push(done);
         self.target.save_progress(&self.progress).await
     }
@@ -482,9 +510,12 @@ async fn write_parts(
         .set_created_by(format!("pretext {}", env!("CARGO_PKG_VERSION")))
         .build();
     let mut skip: u64 = progress.parts.iter().map(|p| p.rows).sum();
-    // Chunks of at most ~4M values keep memory bounded for long rows.
+    // The writer is handed chunks of at most 256k values (2048 rows of 128): the Parquet writer
+    // still makes row groups of `row_group_rows`, encoding as it goes, while the rows waiting
+    // for a chunk, their concatenation and the writer's levels stay small. (With 4M-value
+    // chunks these were the largest terms in peak memory.)
     let width = plan.seq_len.max(1);
-    let chunk = (spec.row_group_rows as usize).min(spec.rows_per_file as usize).min((1 << 22) / width).max(1);
+    let chunk = (spec.row_group_rows as usize).min(spec.rows_per_file as usize).min((1 << 18) / width).max(1);
     let mut writer = Writer {
         target: opts.target.clone(),
         resume: None,

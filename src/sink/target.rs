@@ -227,13 +227,14 @@ impl Target {
     }
 
     /// Files a finished part written at `tmp` (whose bytes are `bytes`) as `name` in staging.
-    pub async fn store_part(&self, name: &str, tmp: &Path, bytes: Vec<u8>) -> Result<()> {
+    pub async fn store_part(&self, name: &str, tmp: &Path) -> Result<()> {
         match self {
             Target::Local(d) => {
                 let fin = d.join(STAGING).join(name);
                 std::fs::rename(tmp, &fin).map_err(|e| Error::io(&fin, "rename into", e))
             }
             Target::Remote(r) => {
+                let bytes = std::fs::read(tmp).map_err(|e| Error::io(tmp, "read back", e))?;
                 r.put(&r.key(&[STAGING, name]), bytes).await?;
                 std::fs::remove_file(tmp).map_err(|e| Error::io(tmp, "remove", e))
             }
@@ -248,10 +249,9 @@ impl Target {
             let ok = match self {
                 Target::Local(d) => {
                     let path = [d.join(STAGING).join(&p.file), d.join(&p.file)].into_iter().find(|c| c.is_file());
-                    path.as_ref().and_then(|path| std::fs::read(path).ok()).is_some_and(|bytes| {
-                        bytes.len() as u64 == p.bytes
-                            && format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)) == p.xxh3
-                    })
+                    path.as_ref()
+                        .and_then(|path| hash_file(path).ok())
+                        .is_some_and(|(bytes, xxh3)| bytes == p.bytes && format!("{xxh3:016x}") == p.xxh3)
                 }
                 Target::Remote(r) => {
                     let staged = r.size(&r.key(&[STAGING, &p.file])).await?;
@@ -345,4 +345,21 @@ fn dir_has_data(dir: &Path) -> Result<bool> {
         let n = e.file_name().to_string_lossy().to_string();
         n != STAGING && n != "tokenizer.json" && !(n.starts_with('.') && n.ends_with(".tmp"))
     }))
+}
+
+/// Size and xxh3-64 of a file, read a mebibyte at a time.
+fn hash_file(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let (mut hash, mut bytes) = (xxhash_rust::xxh3::Xxh3::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok((bytes, hash.digest())),
+            n => {
+                hash.update(&buf[..n]);
+                bytes += n as u64;
+            }
+        }
+    }
 }

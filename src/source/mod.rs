@@ -7,6 +7,7 @@
 
 mod delta;
 mod files;
+mod flat;
 mod store;
 mod units;
 
@@ -627,7 +628,11 @@ impl Source {
             source: Arc::new(self.clone()),
             first: None,
             prefetch: std::collections::VecDeque::new(),
-            ahead: if self.remote.is_some() { REMOTE_AHEAD } else { 1 },
+            ahead: match (&self.remote, self.format) {
+                (Some(_), _) => (REMOTE_AHEAD, REMOTE_AHEAD_BYTES, true),
+                (None, Format::Pretext) => (READY_AHEAD, u64::MAX, true),
+                (None, _) => (1, LOCAL_AHEAD_BYTES, false),
+            },
             ctx: new_context(self.remote.as_ref()),
             columns: Arc::new(self.read_columns(examples.as_ref())),
             cache: self.units.as_ref().and_then(|u| u.scan_cache(opts.shuffle_seed.is_none())),
@@ -704,29 +709,27 @@ impl Source {
                 st.next_file += 1;
                 // Where reading starts in this item (a resumed scan starts inside one).
                 let skip = if k as u64 == st.skip.file { st.skip.row } else { 0 };
-                // The item opened ahead while the previous one streamed, or opened now.
-                let opened = match st.prefetch.front() {
-                    Some((p, _)) if *p == k && skip == 0 => {
-                        let (_, task) = st.prefetch.pop_front().expect("front exists");
-                        task.join().await.map_err(|e| Error::internal(format!("opening a file stopped: {e}")))??
-                    }
-                    _ => {
-                        st.prefetch.clear();
-                        let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
-                        open_item(source, ctx, columns, st.cache.clone(), item, skip).await?
-                    }
-                };
+                // The item opened ahead while the previous one streamed, or opened now; either
+                // way the items after it start opening before it is awaited.
+                if !matches!(st.prefetch.front(), Some((p, _)) if *p == k && skip == 0) {
+                    st.prefetch.clear();
+                    let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
+                    let task = SpawnedTask::spawn(open_item(source, ctx, columns, st.cache.clone(), item, skip));
+                    st.prefetch.push_back((k, task));
+                }
                 let mut next = st.prefetch.back().map(|(p, _)| p + 1).unwrap_or(k + 1);
-                // On a store, up to `REMOTE_AHEAD` items and `REMOTE_AHEAD_BYTES` are in flight.
+                // Items opened ahead: see `ScanState::ahead`.
                 let bytes_of = |st: &ScanState, k: usize| match &st.source.units {
                     Some(units) => units.group_bytes(units.groups[st.order[k]]),
                     None => st.source.files[st.order[k]].bytes,
                 };
-                let mut in_flight: u64 = st.prefetch.iter().map(|(p, _)| bytes_of(&st, *p)).sum();
-                while st.prefetch.len() < st.ahead
+                let (ahead, ahead_bytes, first_free) = st.ahead;
+                let mut in_flight: u64 = st.prefetch.iter().skip(1).map(|(p, _)| bytes_of(&st, *p)).sum();
+                while st.prefetch.len() <= ahead
                     && next < st.order.len()
                     && !st.past_block(next)
-                    && (st.prefetch.is_empty() || in_flight + bytes_of(&st, next) <= REMOTE_AHEAD_BYTES)
+                    && ((first_free && st.prefetch.len() == 1)
+                        || in_flight.saturating_add(bytes_of(&st, next)) <= ahead_bytes)
                 {
                     in_flight += bytes_of(&st, next);
                     let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
@@ -735,6 +738,9 @@ impl Source {
                     st.prefetch.push_back((next, task));
                     next += 1;
                 }
+                let (_, task) = st.prefetch.pop_front().expect("the current item was just queued");
+                let opened =
+                    task.join().await.map_err(|e| Error::internal(format!("opening a file stopped: {e}")))??;
                 let (fi, first_group) = match &st.source.units {
                     Some(units) => {
                         let g = units.groups[item];
@@ -853,6 +859,9 @@ async fn open_item(
         }
         None => {
             let f = &source.files[item];
+            // `source.sql` names the file's table `source`: each open registers it in a context
+            // of its own, as items open concurrently (ahead, and on a store 16 at a time).
+            let ctx = if source.sql.is_some() { new_context(source.remote.as_ref()) } else { ctx };
             let df = source.frame(&ctx, f).await.map_err(|e| match e {
                 FrameError::Read(e) => {
                     Error::data(format!("cannot read `{}`: {}", f.path.display(), e.strip_backtrace()))
@@ -1012,6 +1021,17 @@ impl Split {
 /// Items (row groups or files) of an object store opened ahead of the one streaming.
 const REMOTE_AHEAD: usize = 16;
 
+/// Local row groups of text (or images, or tables) are opened ahead only while this small:
+/// the page cache makes local reads quick, and a large one held open ahead (a whole file, for
+/// files written as one row group) was the largest term in peak memory that grew with the
+/// corpus (two row groups' bytes and pages alive instead of one).
+const LOCAL_AHEAD_BYTES: u64 = 4 << 20;
+
+/// Local row groups of ready-made examples opened (that is, decoded) ahead of the one
+/// streaming. Their rows are handed on without further work, so with one ahead the next
+/// decode started only as the current one was taken, and a 2-core pass ran on 1.4 cores.
+const READY_AHEAD: usize = 2;
+
 /// Bytes (compressed) of those items at most.
 const REMOTE_AHEAD_BYTES: u64 = 64 << 20;
 
@@ -1021,8 +1041,9 @@ struct ScanState {
     first: Option<RecordBatch>,
     /// The next items in the order (by position), being opened while the current one streams.
     prefetch: std::collections::VecDeque<(usize, SpawnedTask<Result<Opened>>)>,
-    /// How many items to open ahead.
-    ahead: usize,
+    /// How many items to open ahead, with how many compressed bytes in all, and whether the
+    /// first one ahead is opened whatever its size.
+    ahead: (usize, u64, bool),
     ctx: SessionContext,
     /// The columns read from row groups.
     columns: Arc<Vec<String>>,

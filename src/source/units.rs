@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::scalar::ScalarValue;
@@ -25,6 +26,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use super::files::SourceFile;
+use super::flat;
 use super::Remote;
 use crate::error::{Error, Result};
 
@@ -98,6 +100,7 @@ impl ObjectCache {
 /// Ranged reads of one object of known size (what `parquet`'s async reader needs): the column
 /// chunks of a row group arrive in one `get_ranges` call, which merges nearby ranges; a small
 /// object on a store is fetched whole into `whole` instead.
+#[derive(Clone)]
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: StorePath,
@@ -289,19 +292,33 @@ impl Units {
             columns.iter().filter_map(|c| schema.fields().iter().position(|f| f.name() == c)).collect();
         roots.sort_unstable();
         roots.dedup();
-        let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots.iter().copied());
         let whole = cache.filter(|_| file.bytes <= WHOLE_OBJECT_BYTES).map(|c| c.cell(g.file, file.bytes));
         let reader =
             ObjectReader { store: self.store.clone(), path: self.locations[g.file].clone(), size: file.bytes, whole };
-        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
-            .with_row_groups(vec![g.index])
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS);
-        if skip > 0 {
-            builder = builder.with_offset(skip as usize);
-        }
-        let stream = builder.build().map_err(|e| unreadable(file, e))?;
-        let mut fields: Vec<Arc<Field>> = roots.iter().map(|&i| schema.fields()[i].clone()).collect();
+        let chosen: Vec<Arc<Field>> = roots.iter().map(|&i| schema.fields()[i].clone()).collect();
+        let read: SchemaRef = Arc::new(Schema::new(chosen.clone()));
+        let generic = {
+            let (footer, file, roots, read) = (footer.clone(), file.clone(), roots.clone(), read.clone());
+            move |reader: ObjectReader| -> Result<SendableRecordBatchStream> {
+                let mask =
+                    ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots.iter().copied());
+                let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
+                    .with_row_groups(vec![g.index])
+                    .with_projection(mask)
+                    .with_batch_size(BATCH_ROWS);
+                if skip > 0 {
+                    builder = builder.with_offset(skip as usize);
+                }
+                let stream = builder.build().map_err(|e| unreadable(&file, e))?;
+                Ok(Box::pin(RecordBatchStreamAdapter::new(read, stream.map_err(Into::into))))
+            }
+        };
+        // Ready-made examples and other fixed-width columns skip the generic reader.
+        let stream = match flat::plan(footer.metadata(), g.index, &roots, &chosen) {
+            Some(flat) => flat_group(footer.metadata().clone(), g, skip, flat, read, reader, generic),
+            None => generic(reader)?,
+        };
+        let mut fields = chosen;
         let constants: Vec<(String, ScalarValue)> =
             constants.iter().filter(|(k, _)| !schema.fields().iter().any(|f| f.name() == k)).cloned().collect();
         fields.extend(constants.iter().map(|(k, v)| Arc::new(Field::new(k, v.data_type(), true))));
@@ -309,8 +326,9 @@ impl Units {
         let out_schema = out.clone();
         let path = file.path.display().to_string();
         let batches = stream.map(move |r| {
-            let batch =
-                r.map_err(|e| datafusion::error::DataFusionError::from(Error::data(format!("reading `{path}`: {e}"))))?;
+            let batch = r.map_err(|e| {
+                datafusion::error::DataFusionError::from(Error::data(format!("reading `{path}`: {}", Error::from(e))))
+            })?;
             if constants.is_empty() {
                 return Ok(batch);
             }
@@ -323,6 +341,72 @@ impl Units {
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out, batches)))
     }
+}
+
+/// Row group `g` read by the direct decoder (see [`flat`]): its column chunks fetched in one
+/// request, decoded on the blocking pool one task per column, then handed out in batches from
+/// row `skip`. A chunk that turns out not to be flat sends the row group to `generic`.
+fn flat_group(
+    meta: Arc<ParquetMetaData>,
+    g: Group,
+    skip: u64,
+    columns: Vec<flat::FlatColumn>,
+    schema: SchemaRef,
+    reader: ObjectReader,
+    generic: impl FnOnce(ObjectReader) -> Result<SendableRecordBatchStream> + Send + 'static,
+) -> SendableRecordBatchStream {
+    let out = schema.clone();
+    let mut fetch = reader.clone();
+    let decoded = async move {
+        let rg = meta.row_group(g.index);
+        let rows = rg.num_rows().max(0) as usize;
+        let ranges = columns
+            .iter()
+            .map(|c| {
+                let (start, len) = rg.column(c.leaf).byte_range();
+                start..start + len
+            })
+            .collect();
+        let chunks = fetch.get_byte_ranges(ranges).await?;
+        let tasks: Vec<_> = columns
+            .into_iter()
+            .zip(chunks)
+            .map(|(c, chunk)| {
+                let meta = meta.clone();
+                SpawnedTask::spawn_blocking(move || {
+                    flat::decode(chunk, meta.row_group(g.index).column(c.leaf), rows, &c)
+                })
+            })
+            .collect();
+        let mut arrays = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.join().await.map_err(|e| ParquetError::External(Box::new(e)))?? {
+                Some(a) => arrays.push(a),
+                None => return Ok(None),
+            }
+        }
+        let batch = RecordBatch::try_new(schema, arrays)?;
+        Ok::<_, ParquetError>(Some(batch))
+    };
+    let stream = futures::stream::once(async move {
+        let items: futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>> = match decoded.await {
+            Ok(Some(batch)) => {
+                let n = batch.num_rows();
+                let from = (skip as usize).min(n);
+                let batches: Vec<_> =
+                    (from..n).step_by(BATCH_ROWS).map(|a| Ok(batch.slice(a, BATCH_ROWS.min(n - a)))).collect();
+                futures::stream::iter(batches).boxed()
+            }
+            Ok(None) => match generic(reader) {
+                Ok(s) => s.boxed(),
+                Err(e) => futures::stream::once(async move { Err(e.into()) }).boxed(),
+            },
+            Err(e) => futures::stream::once(async move { Err(e.into()) }).boxed(),
+        };
+        items
+    })
+    .flatten();
+    Box::pin(RecordBatchStreamAdapter::new(out, stream))
 }
 
 /// A rank's block of a pass when sharding by row groups: rank `r` of `w` takes the rows

@@ -447,7 +447,7 @@ impl Plan {
             Some(size) => {
                 // Each window draws its own permutations.
                 let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&w.to_le_bytes(), self.seed ^ 0x5749_4e44);
-                let sh = WindowShuffle::new(schema.clone(), size, seed, epoch);
+                let sh = WindowShuffle::new(size, seed, epoch);
                 stateful(
                     examples,
                     schema,

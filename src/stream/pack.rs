@@ -45,7 +45,7 @@ struct Rows {
 }
 
 /// Values (tokens) of completed rows after which [`Packer::push`] hands a batch on.
-pub const ROWS_BUDGET: usize = 1 << 20;
+pub const ROWS_BUDGET: usize = 1 << 18;
 
 /// How documents become rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,8 +281,14 @@ impl Packer {
             return Ok(None);
         }
         let n = full * l;
+        // The rows handed on keep no spare capacity (their Arrow buffer holds the whole
+        // allocation, up to twice the values after doubling); the rest gets room for as many
+        // values again, so the next batch seldom grows.
         let split = |v: &mut Vec<i32>| {
-            let rest = v.split_off(n);
+            let mut rest = Vec::with_capacity(n + l);
+            rest.extend_from_slice(&v[n..]);
+            v.truncate(n);
+            v.shrink_to_fit();
             std::mem::replace(v, rest)
         };
         let rest_keys = self.done.keys.split_off(full);

@@ -1,17 +1,18 @@
 //! Seeded shuffle inside bounded windows.
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::RecordBatch;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
 
+/// Rows per shuffled batch handed out.
+const OUT_ROWS: usize = 4096;
+
 /// Collects up to `window` rows, permutes them with an RNG seeded by `(seed, epoch, window
 /// index)`, and hands them out. Memory is bounded by the window.
 pub struct WindowShuffle {
-    schema: SchemaRef,
     window: usize,
     seed: u64,
     epoch: u32,
@@ -21,8 +22,8 @@ pub struct WindowShuffle {
 }
 
 impl WindowShuffle {
-    pub fn new(schema: SchemaRef, window: usize, seed: u64, epoch: u32) -> Self {
-        WindowShuffle { schema, window, seed, epoch, index: 0, pending: Vec::new(), rows: 0 }
+    pub fn new(window: usize, seed: u64, epoch: u32) -> Self {
+        WindowShuffle { window, seed, epoch, index: 0, pending: Vec::new(), rows: 0 }
     }
 
     /// Adds rows; returns a shuffled window when one is full.
@@ -38,7 +39,7 @@ impl WindowShuffle {
             }
             self.pending.push(batch.slice(0, room));
             self.rows += room;
-            out.push(self.flush()?.expect("window is full"));
+            out.extend(self.flush()?);
             batch = batch.slice(room, batch.num_rows() - room);
             if batch.num_rows() == 0 {
                 return Ok(out);
@@ -46,23 +47,34 @@ impl WindowShuffle {
         }
     }
 
-    /// Shuffles and returns what is pending (the last, partial window at the end of an epoch).
-    pub fn flush(&mut self) -> Result<Option<RecordBatch>> {
+    /// Shuffles and returns what is pending (the last, partial window at the end of an epoch),
+    /// in batches of [`OUT_ROWS`] drawn straight from the pending batches: a window costs its
+    /// rows once more, where a concatenation and a `take` of it cost them twice.
+    pub fn flush(&mut self) -> Result<Vec<RecordBatch>> {
         if self.rows == 0 {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let all = arrow::compute::concat_batches(&self.schema, &self.pending)?;
-        let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+        let mut order: Vec<u32> = (0..self.rows as u32).collect();
         let mut bytes = [0u8; 20];
         bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
         bytes[8..12].copy_from_slice(&self.epoch.to_le_bytes());
         bytes[12..].copy_from_slice(&self.index.to_le_bytes());
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 0x5348_5546));
         order.shuffle(&mut rng);
-        let taken = arrow::compute::take_record_batch(&all, &UInt32Array::from(order))?;
+        // (pending batch, row in it) of every row of the window, in arrival order.
+        let at: Vec<(usize, usize)> =
+            self.pending.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r))).collect();
+        let pending: Vec<&RecordBatch> = self.pending.iter().collect();
+        let out = order
+            .chunks(OUT_ROWS)
+            .map(|c| {
+                let picks: Vec<(usize, usize)> = c.iter().map(|&i| at[i as usize]).collect();
+                arrow::compute::interleave_record_batch(&pending, &picks)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         self.pending.clear();
         self.rows = 0;
         self.index += 1;
-        Ok(Some(taken))
+        Ok(out)
     }
 }

@@ -1,0 +1,412 @@
+//! A direct decoder for row groups whose chosen columns are all fixed-width and never null:
+//! required integers and floats, and non-null `FixedSizeList`s of them, PLAIN-encoded without
+//! a dictionary. That is the layout of pretext's own exports (`format: pretext`).
+//!
+//! The generic Arrow reader walks the repetition and definition levels value by value to
+//! rebuild lists. Here they carry no information: every list holds `size` values and nothing
+//! is null, so a column chunk is its pages' value bytes end to end. The pages are still read
+//! and decompressed by `parquet`'s own page reader; what this skips is the per-value level
+//! walk, which made reading an export slower than making it.
+//!
+//! Nothing is taken on trust. Every page must be PLAIN with exactly one value per level, and
+//! its repetition levels must start a row exactly every `size` values (checked run by run,
+//! which costs little: a row is one bit-packed byte and one RLE run). A row group that fails
+//! any check is read by the generic reader instead, which reports whatever is wrong with it.
+
+use std::sync::Arc;
+
+use arrow::array::ArrayData;
+use arrow::array::{make_array, ArrayRef};
+use arrow::buffer::{Buffer, MutableBuffer};
+use arrow::datatypes::{DataType, FieldRef};
+use bytes::Bytes;
+use parquet::basic::{Encoding, Type as Physical};
+use parquet::column::page::{Page, PageReader};
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
+
+/// One chosen column of a row group and how its values lie.
+#[derive(Debug, Clone)]
+pub struct FlatColumn {
+    /// Its Arrow field (as the file's schema gives it).
+    pub field: FieldRef,
+    /// Index of its one Parquet leaf.
+    pub leaf: usize,
+}
+
+/// The physical type and byte width of a fixed-width Arrow type.
+fn physical(dt: &DataType) -> Option<(Physical, usize)> {
+    Some(match dt {
+        DataType::Int32 | DataType::UInt32 => (Physical::INT32, 4),
+        DataType::Int64 | DataType::UInt64 => (Physical::INT64, 8),
+        DataType::Float32 => (Physical::FLOAT, 4),
+        DataType::Float64 => (Physical::DOUBLE, 8),
+        _ => return None,
+    })
+}
+
+/// The value type and row size of a column this decoder reads (`None`: the generic reader).
+fn shape(field: &FieldRef) -> Option<(&DataType, usize)> {
+    if field.is_nullable() {
+        return None;
+    }
+    match field.data_type() {
+        DataType::FixedSizeList(item, n) if !item.is_nullable() && *n > 0 => Some((item.data_type(), *n as usize)),
+        DataType::FixedSizeList(..) => None,
+        dt => Some((dt, 1)),
+    }
+}
+
+/// The columns `fields` (the file's top-level fields at `roots`) of row group `group`, when
+/// the footer alone allows the direct decoder: every one fixed-width and required, one leaf
+/// each, without a dictionary page, and not encrypted.
+pub fn plan(meta: &ParquetMetaData, group: usize, roots: &[usize], fields: &[FieldRef]) -> Option<Vec<FlatColumn>> {
+    if !cfg!(target_endian = "little") || roots.is_empty() {
+        return None;
+    }
+    let descr = meta.file_metadata().schema_descr();
+    let rg = meta.row_group(group);
+    roots
+        .iter()
+        .zip(fields)
+        .map(|(&root, field)| {
+            let (dt, size) = shape(field)?;
+            let (ty, _) = physical(dt)?;
+            let mut leaves = (0..descr.num_columns()).filter(|&c| descr.get_column_root_idx(c) == root);
+            let leaf = leaves.next()?;
+            if leaves.next().is_some() {
+                return None;
+            }
+            let col = descr.column(leaf);
+            let levels_fit = if size == 1 {
+                col.max_rep_level() == 0 && col.max_def_level() == 0
+            } else {
+                col.max_rep_level() == 1 && col.max_def_level() == 1
+            };
+            let chunk = rg.column(leaf);
+            (levels_fit && chunk.column_type() == ty && chunk.dictionary_page_offset().is_none())
+                .then(|| FlatColumn { field: field.clone(), leaf })
+        })
+        .collect()
+}
+
+/// A column chunk's bytes, read at the file offsets the page reader asks for.
+struct Chunk {
+    bytes: Bytes,
+    start: u64,
+}
+
+impl Length for Chunk {
+    fn len(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+impl ChunkReader for Chunk {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        Ok(self.slice(start, self.bytes.len() as u64)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length as u64)
+    }
+}
+
+impl Chunk {
+    fn slice(&self, start: u64, length: u64) -> parquet::errors::Result<Bytes> {
+        let from = start.checked_sub(self.start).filter(|&a| a <= self.bytes.len() as u64).ok_or_else(|| {
+            parquet::errors::ParquetError::General(format!("offset {start} is outside the column chunk"))
+        })? as usize;
+        let to = (from as u64 + length).min(self.bytes.len() as u64) as usize;
+        Ok(self.bytes.slice(from..to))
+    }
+}
+
+/// Whether `levels` (`count` repetition levels of bit width 1, RLE / bit-packed hybrid, of the
+/// values `first ..`) hold 0 exactly at the positions that are multiples of `size` and 1
+/// everywhere else: rows of exactly `size` values.
+fn rows_of(levels: &[u8], first: usize, count: usize, size: usize) -> bool {
+    let (mut pos, end, mut i) = (first, first + count, 0);
+    while pos < end {
+        // The run header, an unsigned LEB128.
+        let (mut header, mut shift) = (0usize, 0);
+        loop {
+            let Some(&b) = levels.get(i) else { return false };
+            i += 1;
+            if shift > 56 {
+                return false;
+            }
+            header |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if header & 1 == 1 {
+            // Bit-packed: groups of 8 values, one byte each at width 1.
+            let bytes = header >> 1;
+            let Some(packed) = levels.get(i..i + bytes) else { return false };
+            i += bytes;
+            for &b in packed {
+                for bit in 0..8 {
+                    if pos == end {
+                        break;
+                    }
+                    if ((b >> bit) & 1 == 1) != (pos % size != 0) {
+                        return false;
+                    }
+                    pos += 1;
+                }
+            }
+        } else {
+            let n = header >> 1;
+            let Some(&value) = levels.get(i) else { return false };
+            i += 1;
+            if n == 0 || pos + n > end {
+                return false;
+            }
+            let fits = match value {
+                // A run of row starts: only rows of one value.
+                0 => size == 1,
+                // A run inside one row, not crossing into the next.
+                1 => pos % size != 0 && pos % size + n <= size,
+                _ => false,
+            };
+            if !fits {
+                return false;
+            }
+            pos += n;
+        }
+    }
+    true
+}
+
+/// The values of column chunk `meta` (bytes `chunk`, `rows` rows of `col.size` values), end
+/// to end; `None` when a page is not of the flat layout, an error when the chunk is unreadable.
+pub fn decode(
+    chunk: Bytes,
+    meta: &ColumnChunkMetaData,
+    rows: usize,
+    col: &FlatColumn,
+) -> parquet::errors::Result<Option<ArrayRef>> {
+    let (value_type, size) = shape(&col.field).expect("a planned column");
+    let (_, width) = physical(value_type).expect("a planned column");
+    let start = meta.byte_range().0;
+    let total = rows * size;
+    let mut pages = SerializedPageReader::new(Arc::new(Chunk { bytes: chunk, start }), meta, rows, None)?;
+    let mut values = MutableBuffer::with_capacity(total * width);
+    let mut seen = 0usize;
+    while let Some(page) = pages.get_next_page()? {
+        let (levels, data, n) = match &page {
+            Page::DataPage { buf, num_values, encoding: Encoding::PLAIN, .. } => {
+                let n = *num_values as usize;
+                if size == 1 {
+                    (&buf[..0], &buf[..], n)
+                } else {
+                    // Repetition then definition levels, each after its 4-byte length.
+                    let section = |b: &[u8]| -> Option<usize> {
+                        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+                        (b.len() >= 4 + len).then_some(4 + len)
+                    };
+                    let Some(rep) = section(buf) else { return Ok(None) };
+                    let Some(def) = section(&buf[rep..]) else { return Ok(None) };
+                    (&buf[4..rep], &buf[rep + def..], n)
+                }
+            }
+            Page::DataPageV2 {
+                buf,
+                num_values,
+                num_nulls: 0,
+                encoding: Encoding::PLAIN,
+                rep_levels_byte_len,
+                def_levels_byte_len,
+                ..
+            } => {
+                let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+                if buf.len() < r + d {
+                    return Ok(None);
+                }
+                (&buf[..r], &buf[r + d..], *num_values as usize)
+            }
+            _ => return Ok(None),
+        };
+        // One value per level (nothing null, no empty list), rows of exactly `size`.
+        if data.len() != n * width || seen + n > total || (size > 1 && !rows_of(levels, seen, n, size)) {
+            return Ok(None);
+        }
+        values.extend_from_slice(data);
+        seen += n;
+    }
+    if seen != total {
+        return Ok(None);
+    }
+    let values = ArrayData::try_new(value_type.clone(), total, None, 0, vec![Buffer::from(values)], vec![])?;
+    let data = if size == 1 {
+        values
+    } else {
+        ArrayData::try_new(col.field.data_type().clone(), rows, None, 0, vec![], vec![values])?
+    };
+    Ok(Some(make_array(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, FixedSizeListArray, Float64Array, Int32Array, RecordBatch, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use bytes::Bytes;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::file::properties::{WriterProperties, WriterVersion};
+
+    use super::{decode, plan, rows_of};
+
+    fn list(name: &str, size: i32, nullable: bool, values: Vec<i32>) -> (Field, ArrayRef) {
+        let item = Arc::new(Field::new("item", DataType::Int32, false));
+        let a = FixedSizeListArray::new(item.clone(), size, Arc::new(Int32Array::from(values)), None);
+        (Field::new(name, DataType::FixedSizeList(item, size), nullable), Arc::new(a))
+    }
+
+    /// Rows of pretext's export layout plus a plain float column; `nullable` marks the first
+    /// list nullable (which the direct decoder must leave alone).
+    fn batch(rows: usize, size: i32, nullable: bool) -> RecordBatch {
+        let n = rows * size as usize;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let ids: Vec<i32> = (0..n).map(|_| (next() % 30_522) as i32).collect();
+        let labels: Vec<i32> = ids.iter().map(|&t| if next() % 7 == 0 { t } else { -100 }).collect();
+        let (f1, a1) = list("input_ids", size, nullable, ids);
+        let (f2, a2) = list("labels", size, false, labels);
+        let key = Arc::new(UInt64Array::from_iter_values((0..rows as u64).map(|r| r * 0x1_0000_0001)));
+        let w = Arc::new(Float64Array::from_iter_values((0..rows).map(|r| r as f64 / 3.0)));
+        let schema = Schema::new(vec![
+            Field::new("example_key", DataType::UInt64, false),
+            f1,
+            f2,
+            Field::new("weight", DataType::Float64, false),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), vec![key, a1, a2, w]).unwrap()
+    }
+
+    fn write(batch: &RecordBatch, props: WriterProperties) -> Bytes {
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        Bytes::from(out)
+    }
+
+    /// Every row group through the direct decoder (`None` where it declines) and through the
+    /// generic reader.
+    fn both(file: &Bytes) -> Vec<(Option<RecordBatch>, RecordBatch)> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone()).unwrap();
+        let (meta, schema) = (builder.metadata().clone(), builder.schema().clone());
+        let roots: Vec<usize> = (0..schema.fields().len()).collect();
+        (0..meta.num_row_groups())
+            .map(|g| {
+                let rg = meta.row_group(g);
+                let generic = ParquetRecordBatchReaderBuilder::try_new(file.clone())
+                    .unwrap()
+                    .with_row_groups(vec![g])
+                    .with_batch_size(1 << 20)
+                    .build()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                let direct = plan(&meta, g, &roots, schema.fields()).and_then(|cols| {
+                    let arrays: Option<Vec<ArrayRef>> = cols
+                        .iter()
+                        .map(|c| {
+                            let (a, len) = rg.column(c.leaf).byte_range();
+                            let chunk = file.slice(a as usize..(a + len) as usize);
+                            decode(chunk, rg.column(c.leaf), rg.num_rows() as usize, c).unwrap()
+                        })
+                        .collect();
+                    arrays.map(|a| RecordBatch::try_new(schema.clone(), a).unwrap())
+                });
+                (direct, generic)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_direct_decoder_reads_what_the_generic_reader_reads() {
+        let data = batch(3000, 128, false);
+        for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
+            for compression in [Compression::UNCOMPRESSED, Compression::SNAPPY, Compression::ZSTD(ZstdLevel::default())]
+            {
+                // Small pages and row groups: many pages per chunk, a short last row group.
+                // (Version 2 writes integers DELTA-encoded unless told PLAIN.)
+                let props = WriterProperties::builder()
+                    .set_writer_version(version)
+                    .set_encoding(Encoding::PLAIN)
+                    .set_compression(compression)
+                    .set_dictionary_enabled(false)
+                    .set_data_page_size_limit(10_000)
+                    .set_max_row_group_row_count(Some(1024))
+                    .build();
+                let file = write(&data, props);
+                let groups = both(&file);
+                assert_eq!(groups.len(), 3);
+                for (direct, generic) in groups {
+                    let direct = direct.unwrap_or_else(|| panic!("declined {version:?} {compression:?}"));
+                    assert_eq!(direct, generic, "{version:?} {compression:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_direct_decoder_declines_what_is_not_flat() {
+        // A nullable list: the footer alone rules it out.
+        let file = write(&batch(100, 16, true), WriterProperties::builder().set_dictionary_enabled(false).build());
+        for (direct, _) in both(&file) {
+            assert!(direct.is_none());
+        }
+        // Dictionary pages, or values in another encoding: declined page by page, still readable.
+        let dict = WriterProperties::builder().set_dictionary_enabled(true).build();
+        let delta = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_writer_version(WriterVersion::PARQUET_2_0)
+            .set_column_encoding("labels.list.item".into(), Encoding::DELTA_BINARY_PACKED)
+            .build();
+        for props in [dict, delta] {
+            let file = write(&batch(100, 16, false), props);
+            for (direct, _) in both(&file) {
+                assert!(direct.is_none());
+            }
+        }
+    }
+
+    /// Bit-packed groups (header `groups << 1 | 1`, then one byte per 8 values) and RLE runs
+    /// (header `n << 1`, then the value byte).
+    #[test]
+    fn repetition_levels_must_start_a_row_every_size_values() {
+        // Rows of 16: 0 then seven 1s (bit-packed 0xFE), then an RLE run of eight 1s; twice.
+        let two_rows = [0x03, 0xFE, 0x10, 0x01, 0x03, 0xFE, 0x10, 0x01];
+        assert!(rows_of(&two_rows, 0, 32, 16));
+        // Taken as rows of 8, the RLE runs cross row starts.
+        assert!(!rows_of(&two_rows, 0, 32, 8));
+        // A page starting mid-row sees the wrong levels at row starts.
+        assert!(!rows_of(&two_rows, 3, 29, 16));
+        // Truncated levels.
+        assert!(!rows_of(&two_rows[..5], 0, 32, 16));
+        // A row start where none belongs (0xFA: bit 2 clear).
+        assert!(!rows_of(&[0x03, 0xFA, 0x10, 0x01], 0, 16, 16));
+        // Rows of one: a run of zeros.
+        assert!(rows_of(&[0x40, 0x00], 0, 32, 1));
+        assert!(!rows_of(&[0x40, 0x01], 0, 32, 1));
+    }
+}
