@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod lock;
 pub mod plan;
 pub mod schemas;
 pub mod sink;

@@ -216,3 +216,46 @@ fn quickstart_exports() {
     assert!(manifest["rows"].as_u64().unwrap() > 500, "{manifest}");
     assert!(manifest["source"]["stats"]["skipped_null_text"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_directory_in_use_is_refused_and_a_killed_holder_leaves_no_lock() {
+    let t = tempdir();
+    corpus(t.path());
+    let train =
+        "train: { model: { encoder: { layers: 1, hidden: 16, heads: 2 } }, schedule: { warmup_steps: 1 }, steps: 2 }\n";
+    let p = pipeline(t.path(), "p.yaml", &format!("{BASIC}{train}"));
+    let p = p.to_str().unwrap();
+    // Another process's export or run holds the directory (here: this test process).
+    for (dir, args, what) in [
+        ("out", vec!["export", p, "--out", "out", "--quiet"], "`pretext export` into `out`"),
+        ("run", vec!["train", p, "--run-dir", "run", "--quiet"], "`pretext train`"),
+    ] {
+        let held = pretext::lock::DirLock::acquire(&t.path().join(dir), "test", "").unwrap();
+        let o = pretext(&args, t.path());
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(&format!("is in use by another {what} (pid {})", std::process::id())), "{err}");
+        assert!(err.contains("wait for that"), "{err}");
+        // Nothing was written into the directory.
+        assert!(!t.path().join(dir).exists(), "{dir} was touched");
+        drop(held);
+        let o = pretext(&args, t.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!pretext::lock::lock_path(&t.path().join(dir)).exists(), "the lock file is removed at the end");
+    }
+    // A SIGKILLed export leaves its lock file behind, but not its lock: the next one proceeds.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["export", p, "--out", "killed", "--quiet"])
+        .current_dir(t.path())
+        .spawn()
+        .unwrap();
+    let lock = pretext::lock::lock_path(&t.path().join("killed"));
+    let started = std::time::Instant::now();
+    while !lock.exists() && started.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let again = pretext::lock::DirLock::acquire(&t.path().join("killed"), "test", "").unwrap();
+    drop(again);
+}

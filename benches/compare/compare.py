@@ -22,6 +22,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+CRITERION = "## Criterion benches"
+
+
 def run(cmd, work, name):
     """Runs `cmd`, returning wall seconds, peak RSS (KiB, the largest process) and its stdout."""
     rss_file = os.path.join(work, f"{name}.rss")
@@ -191,8 +194,15 @@ def main():
             f"| ×10 (the same file 10 times) | {s10:.2f} | {m10 / 1024:.0f} MiB ({m10 / x1:.2f}× the ×1 peak) |",
             "",
         ]
+        # The criterion figures below this heading are written by hand; keep them.
+        kept = ""
+        if os.path.exists(args.out):
+            with open(args.out) as f:
+                old = f.read()
+            at = old.find(CRITERION)
+            kept = old[at:] if at >= 0 else ""
         with open(args.out, "w") as f:
-            f.write("\n".join(lines))
+            f.write("\n".join(lines) + ("\n" + kept if kept else ""))
         print("\n".join(lines))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,8 @@ pub fn run(
         None => PathBuf::from("out").join(&pipeline.spec.name),
     });
     let target = Target::new(&dir, &pipeline.spec.export.storage_options)?;
+    // Held from before the destination is checked (a tokenizer may be trained into it) to the end.
+    let _lock = target.lock()?;
     let rt = super::runtime()?;
     rt.block_on(async {
         // Refuse a bad output before reading any data; fetch what a resumed export reuses.
@@ -32,7 +34,13 @@ pub fn run(
             BuildOptions { tokenizer_dir: Some(target.tokenizer_dir()), reuse_tokenizer: resume, check_only: false };
         let plan = Plan::build(pipeline, &build).await?;
         let opts =
-            ExportOptions { target, resume, allow_new_data, progress_bar: !quiet && std::io::stderr().is_terminal() };
+            ExportOptions {
+            target,
+            resume,
+            allow_new_data,
+            progress_bar: !quiet && std::io::stderr().is_terminal(),
+            locked: true,
+        };
         let report = export(plan.clone(), &opts).await?;
         if report.already_complete {
             eprintln!("`{}` already holds this finished export; nothing to do", report.dir);

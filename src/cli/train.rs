@@ -23,6 +23,13 @@ pub fn run(
         Some(d) => PathBuf::from(d),
         None => PathBuf::from("runs").join(&pipeline.spec.name),
     });
+    // Held from before the directory is checked (a tokenizer trained for the run is written
+    // into it) to the end.
+    let _lock = crate::lock::DirLock::acquire(
+        &dir,
+        "`pretext train`",
+        "wait for that run to finish (or stop it and continue it with `--resume`), or train into another directory with `--run-dir DIR`",
+    )?;
     // Before the plan is built: a tokenizer trained for this run is written into the directory.
     crate::train::checkpoint::check_run_dir(&dir, resume)?;
     crate::train::tune_allocator();

@@ -52,12 +52,21 @@ pub struct ExportOptions {
     /// `--allow-new-data`: resume although the source data changed (a new Delta version).
     pub allow_new_data: bool,
     pub progress_bar: bool,
+    /// Whether the caller already holds the destination's lock ([`Target::lock`]); else
+    /// [`export`] takes it.
+    pub locked: bool,
 }
 
 impl ExportOptions {
     /// A fresh export into a local directory, with no progress bar.
     pub fn local(dir: impl Into<PathBuf>) -> ExportOptions {
-        ExportOptions { target: Target::Local(dir.into()), resume: false, allow_new_data: false, progress_bar: false }
+        ExportOptions {
+            target: Target::Local(dir.into()),
+            resume: false,
+            allow_new_data: false,
+            progress_bar: false,
+            locked: false,
+        }
     }
 }
 
@@ -341,6 +350,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
             Some("export with `first_exhausted` or `all_exhausted`; `cycle` is for training".into()),
         )])));
     }
+    let _lock = if opts.locked { None } else { Some(target.lock()?) };
     let state = target.state(opts.resume).await?;
     let done_parts = match state {
         OutputState::Finished => {

@@ -99,6 +99,22 @@ impl Target {
         }
     }
 
+    /// Locks the destination against a second export into it: the directory itself, or for a
+    /// prefix in an object store a local stand-in named by its URL (which guards against
+    /// exports from this machine only; an object store has no lock to take).
+    pub fn lock(&self) -> Result<crate::lock::DirLock> {
+        let dir = match self {
+            Target::Local(d) => d.clone(),
+            Target::Remote(r) => std::env::temp_dir()
+                .join(format!("pretext-export-{:016x}", xxhash_rust::xxh3::xxh3_64(r.url.as_bytes()))),
+        };
+        crate::lock::DirLock::acquire(
+            &dir,
+            &format!("`pretext export` into `{}`", self.name()),
+            "wait for that export to finish (or stop it and continue it with `--resume`), or export elsewhere with `--out DIR`",
+        )
+    }
+
     /// The local directory parts are written into: the staging directory, or the spool.
     pub fn work_dir(&self) -> PathBuf {
         match self {

@@ -1110,7 +1110,7 @@ impl Sharder {
         if !self.split.contains(key) {
             return (false, window);
         }
-        if self.ordinal % self.window_rows == 0 {
+        if self.ordinal.is_multiple_of(self.window_rows) {
             if let Some(starts) = &self.starts {
                 let at = ScanStart { file: self.file, row, ordinal: self.ordinal, counts: counts() };
                 starts.record(WindowStart { window, at });

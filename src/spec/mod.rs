@@ -918,5 +918,5 @@ fn vision_model_rules(spec: &PipelineSpec, model: &ModelSpec, issues: &mut Vec<I
 }
 
 fn largest_divisor(hidden: u32, below: u32) -> u32 {
-    (1..=below.min(hidden)).rev().find(|h| hidden % h == 0).unwrap_or(1)
+    (1..=below.min(hidden)).rev().find(|h| hidden.is_multiple_of(*h)).unwrap_or(1)
 }

@@ -29,7 +29,7 @@ impl ConvNorm {
             w: p.normal(&format!("{name}.conv.weight"), &[output, input, 3, 3], std)?,
             gamma: p.ones(&format!("{name}.norm.weight"), &[output])?,
             beta: p.zeros(&format!("{name}.norm.bias"), &[output])?,
-            groups: (1..=8).rev().find(|g| output % g == 0).unwrap_or(1),
+            groups: (1..=8).rev().find(|g| output.is_multiple_of(*g)).unwrap_or(1),
             stride,
         })
     }
