@@ -629,9 +629,9 @@ impl Source {
             first: None,
             prefetch: std::collections::VecDeque::new(),
             ahead: match (&self.remote, self.format) {
-                (Some(_), _) => (REMOTE_AHEAD, REMOTE_AHEAD_BYTES, true),
-                (None, Format::Pretext) => (READY_AHEAD, u64::MAX, true),
-                (None, _) => (1, LOCAL_AHEAD_BYTES, false),
+                (Some(_), _) => Ahead { items: REMOTE_AHEAD, bytes: REMOTE_AHEAD_BYTES, first_any_size: true },
+                (None, Format::Pretext) => Ahead { items: READY_AHEAD, bytes: u64::MAX, first_any_size: true },
+                (None, _) => Ahead { items: 1, bytes: LOCAL_AHEAD_BYTES, first_any_size: false },
             },
             ctx: new_context(self.remote.as_ref()),
             columns: Arc::new(self.read_columns(examples.as_ref())),
@@ -723,13 +723,13 @@ impl Source {
                     Some(units) => units.group_bytes(units.groups[st.order[k]]),
                     None => st.source.files[st.order[k]].bytes,
                 };
-                let (ahead, ahead_bytes, first_free) = st.ahead;
+                let ahead = st.ahead;
                 let mut in_flight: u64 = st.prefetch.iter().skip(1).map(|(p, _)| bytes_of(&st, *p)).sum();
-                while st.prefetch.len() <= ahead
+                while st.prefetch.len() <= ahead.items
                     && next < st.order.len()
                     && !st.past_block(next)
-                    && ((first_free && st.prefetch.len() == 1)
-                        || in_flight.saturating_add(bytes_of(&st, next)) <= ahead_bytes)
+                    && ((ahead.first_any_size && st.prefetch.len() == 1)
+                        || in_flight.saturating_add(bytes_of(&st, next)) <= ahead.bytes)
                 {
                     in_flight += bytes_of(&st, next);
                     let (source, ctx, columns) = (st.source.clone(), st.ctx.clone(), st.columns.clone());
@@ -1035,15 +1035,25 @@ const READY_AHEAD: usize = 2;
 /// Bytes (compressed) of those items at most.
 const REMOTE_AHEAD_BYTES: u64 = 64 << 20;
 
+/// How far a scan opens items ahead of the one streaming.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    /// Items at most.
+    items: usize,
+    /// Their compressed bytes at most, all together.
+    bytes: u64,
+    /// Whether the first item ahead is opened whatever its size.
+    first_any_size: bool,
+}
+
 struct ScanState {
     source: Arc<Source>,
     /// The current item's first batch, read when it was opened.
     first: Option<RecordBatch>,
     /// The next items in the order (by position), being opened while the current one streams.
     prefetch: std::collections::VecDeque<(usize, SpawnedTask<Result<Opened>>)>,
-    /// How many items to open ahead, with how many compressed bytes in all, and whether the
-    /// first one ahead is opened whatever its size.
-    ahead: (usize, u64, bool),
+    /// How far to open ahead.
+    ahead: Ahead,
     ctx: SessionContext,
     /// The columns read from row groups.
     columns: Arc<Vec<String>>,
