@@ -126,21 +126,118 @@ pub fn ordered_map<F>(input: BatchStream, schema: SchemaRef, workers: usize, f: 
 where
     F: Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
 {
-    let f = Arc::new(f);
+    adapt(schema, ordered_blocking(input, workers, f))
+}
+
+/// Runs `f` on every item of `input` on the blocking pool, at most `workers` at once, and yields
+/// the results in input order.
+///
+/// A task of its own pulls `input` and starts the jobs, so work goes on while the consumer is
+/// busy elsewhere (writing a part, say). A `buffered` stream would start a job only when its
+/// consumer polls it, and each stage would wait for the slowest one downstream. At most
+/// `workers` finished results wait for the consumer. A failed input, a failed job or a panic
+/// in either ends the stream with an error, never early without one.
+fn ordered_blocking<T, F>(
+    input: impl Stream<Item = datafusion::error::Result<T>> + Send + 'static,
+    workers: usize,
+    f: F,
+) -> impl Stream<Item = datafusion::error::Result<RecordBatch>> + Send + 'static
+where
+    T: Send + 'static,
+    F: Fn(T) -> Result<RecordBatch> + Send + Sync + 'static,
+{
+    type Job = std::result::Result<SpawnedTask<Result<RecordBatch>>, DataFusionError>;
+    enum St<S, F> {
+        Idle(S, Arc<F>),
+        Running(tokio::sync::mpsc::Receiver<Job>, Option<SpawnedTask<()>>),
+    }
+    let workers = workers.max(1);
+    let start = St::Idle(Box::pin(input), Arc::new(f));
+    // The driver is spawned on the first poll, inside the runtime that polls it.
+    futures::stream::unfold(start, move |st| async move {
+        let (mut rx, mut driver) = match st {
+            St::Running(rx, driver) => (rx, driver),
+            St::Idle(mut input, f) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Job>(workers);
+                let permits = Arc::new(tokio::sync::Semaphore::new(workers));
+                let driver = SpawnedTask::spawn(async move {
+                    loop {
+                        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                        let job = match input.next().await {
+                            None => return,
+                            Some(Err(e)) => Err(e),
+                            Some(Ok(item)) => {
+                                let f = f.clone();
+                                Ok(SpawnedTask::spawn_blocking(move || {
+                                    let r = f(item);
+                                    drop(permit);
+                                    r
+                                }))
+                            }
+                        };
+                        let failed = job.is_err();
+                        if tx.send(job).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                (rx, Some(driver))
+            }
+        };
+        let out = match rx.recv().await {
+            Some(Ok(job)) => match job.join().await {
+                Ok(r) => r.map_err(DataFusionError::from),
+                Err(e) => Err(DataFusionError::from(Error::internal(format!("a worker thread failed: {e}")))),
+            },
+            Some(Err(e)) => Err(e),
+            // The channel closes when the driver ends: make sure it ended without a panic.
+            None => match driver.take()?.join().await {
+                Ok(()) => return None,
+                Err(e) => Err(DataFusionError::from(Error::internal(format!("a pipeline stage failed: {e}")))),
+            },
+        };
+        Some((out, St::Running(rx, driver)))
+    })
+}
+
+/// Text per tokenizer job. Rows come in batches of a fixed count, and a batch of long documents
+/// can hold most of a corpus (one of 4096 rows held 11 of a corpus's 20 MB): as one job, it
+/// would run on one core while the others wait.
+const TOKENIZE_JOB_BYTES: usize = 512 << 10;
+
+/// Cuts batches of documents (`example_key`, `text: Utf8View`) into zero-copy slices of at most
+/// `max_bytes` of text (or one document, if longer).
+fn split_text(input: BatchStream, max_bytes: usize) -> BatchStream {
+    let schema = input.schema();
     let out = input
         .map(move |item| {
-            let f = f.clone();
-            async move {
-                let batch = item?;
-                let task = SpawnedTask::spawn_blocking(move || f(batch));
-                match task.join().await {
-                    Ok(r) => r.map_err(DataFusionError::from),
-                    Err(e) => Err(DataFusionError::from(Error::internal(format!("a worker thread failed: {e}")))),
+            let pieces = match item {
+                Err(e) => vec![Err(e)],
+                Ok(batch) => {
+                    let text = batch.column(1).as_string_view();
+                    let mut pieces = Vec::new();
+                    let (mut start, mut bytes) = (0, 0);
+                    for (i, view) in text.views().iter().enumerate() {
+                        // The low 32 bits of a view are the string's length.
+                        let len = *view as u32 as usize;
+                        if i > start && bytes + len > max_bytes {
+                            pieces.push(Ok(batch.slice(start, i - start)));
+                            (start, bytes) = (i, 0);
+                        }
+                        bytes += len;
+                    }
+                    if start > 0 {
+                        pieces.push(Ok(batch.slice(start, batch.num_rows() - start)));
+                    } else {
+                        pieces.push(Ok(batch));
+                    }
+                    pieces
                 }
-            }
+            };
+            futures::stream::iter(pieces)
         })
-        .buffered(workers.max(1));
-    Box::pin(RecordBatchStreamAdapter::new(schema, out))
+        .flatten();
+    adapt(schema, out)
 }
 
 /// A stream transform with state and an end-of-stream flush.
@@ -203,25 +300,14 @@ fn record_examples(
     let Some(mut observer) = task.observer(&cx) else {
         return ordered_map(rows, schema, workers, move |b| task.apply(&b, &keys_of(&b), &cx));
     };
-    let out = rows
-        .map(move |item| -> datafusion::error::Result<_> {
-            let batch = item?;
-            let seen = observer.observe(&batch).map_err(DataFusionError::from)?;
-            Ok((batch, seen))
-        })
-        .map(move |item| {
-            let task = task.clone();
-            async move {
-                let (batch, seen) = item?;
-                let job =
-                    SpawnedTask::spawn_blocking(move || task.apply_observed(&batch, &keys_of(&batch), &cx, &seen));
-                match job.join().await {
-                    Ok(r) => r.map_err(DataFusionError::from),
-                    Err(e) => Err(DataFusionError::from(Error::internal(format!("a worker thread failed: {e}")))),
-                }
-            }
-        })
-        .buffered(workers.max(1));
+    let observed = rows.map(move |item| -> datafusion::error::Result<_> {
+        let batch = item?;
+        let seen = observer.observe(&batch).map_err(DataFusionError::from)?;
+        Ok((batch, seen))
+    });
+    let out = ordered_blocking(observed, workers, move |(batch, seen)| {
+        task.apply_observed(&batch, &keys_of(&batch), &cx, &seen)
+    });
     adapt(schema, out)
 }
 
@@ -425,6 +511,7 @@ impl Plan {
             let tok = self.tokenizer.clone();
             let max_len = if self.packing == Packing::PerDocument { Some(self.row_len) } else { None };
             let (words, framing) = (self.whole_word, self.framing);
+            let rows = split_text(rows, TOKENIZE_JOB_BYTES);
             let tokens = ordered_map(rows, tokens_schema(words), self.workers, move |b| {
                 tokenize_batch(&tok, &b, framing, max_len, words)
             });
@@ -564,5 +651,120 @@ impl Plan {
             .pass_from(split, StreamCursor::start(epoch, self.sources.len()))
             .map(|r| r.map(|(b, _)| b).map_err(DataFusionError::from));
         adapt(schema, s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringViewArray;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn docs(texts: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("example_key", DataType::UInt64, false),
+            Field::new("text", DataType::Utf8View, false),
+        ]));
+        let keys = UInt64Array::from_iter_values(0..texts.len() as u64);
+        RecordBatch::try_new(schema, vec![Arc::new(keys), Arc::new(StringViewArray::from(texts.to_vec()))]).unwrap()
+    }
+
+    fn from_batches(batches: Vec<datafusion::error::Result<RecordBatch>>) -> BatchStream {
+        let schema = batches.iter().find_map(|b| b.as_ref().ok()).map(|b| b.schema()).unwrap();
+        adapt(schema, futures::stream::iter(batches))
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn text_is_cut_into_jobs_of_bounded_size_without_losing_a_row() {
+        let texts = ["aaaa", "bb", "cccccccccc", "d", "ee", "", "ffff"];
+        let batch = docs(&texts);
+        let out: Vec<RecordBatch> = rt().block_on(async {
+            split_text(from_batches(vec![Ok(batch.clone()), Ok(docs(&[]))]), 6).map(|b| b.unwrap()).collect().await
+        });
+        let sizes: Vec<Vec<usize>> =
+            out.iter().map(|b| b.column(1).as_string_view().iter().map(|s| s.unwrap().len()).collect()).collect();
+        // At most 6 bytes a piece, a longer document alone; the empty batch passes through.
+        assert_eq!(sizes, vec![vec![4, 2], vec![10], vec![1, 2, 0], vec![4], vec![]]);
+        let rows: Vec<&RecordBatch> = out.iter().filter(|b| b.num_rows() > 0).collect();
+        let joined = arrow::compute::concat_batches(&batch.schema(), rows).unwrap();
+        assert_eq!(joined, batch);
+    }
+
+    #[test]
+    fn ordered_jobs_keep_input_order_whatever_their_durations() {
+        let batches: Vec<_> = (0..24u64).map(|i| Ok(docs(&[&i.to_string()]))).collect();
+        let out: Vec<u64> = rt().block_on(async {
+            let s = ordered_blocking(futures::stream::iter(batches), 3, |b: RecordBatch| {
+                let n: u64 = b.column(1).as_string_view().value(0).parse().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis((n * 7) % 11));
+                Ok(b)
+            });
+            s.map(|b| b.unwrap().column(1).as_string_view().value(0).parse::<u64>().unwrap()).collect().await
+        });
+        assert_eq!(out, (0..24).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn jobs_run_ahead_while_the_consumer_is_busy_but_only_so_far() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let counted = done.clone();
+        let ran = rt().block_on(async move {
+            let batches: Vec<_> = (0..100).map(|_| Ok(docs(&["x"]))).collect();
+            let mut s = Box::pin(ordered_blocking(futures::stream::iter(batches), 2, move |b| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(b)
+            }));
+            s.next().await.unwrap().unwrap();
+            // The consumer is away: the stage goes on without being polled.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            done.load(Ordering::SeqCst)
+        });
+        // One delivered, `workers` waiting in the channel, one waiting to be sent.
+        assert!((3..=5).contains(&ran), "{ran} jobs ran");
+    }
+
+    #[test]
+    fn a_failed_input_a_failed_job_or_a_panic_ends_the_stream_with_an_error() {
+        let rt = rt();
+        let ok = || Ok(docs(&["x"]));
+        let collect = |s: futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>>| {
+            rt.block_on(s.collect::<Vec<_>>())
+        };
+        let failed_input = vec![ok(), Err(DataFusionError::Execution("bad row group".into())), ok()];
+        let out = collect(ordered_blocking(futures::stream::iter(failed_input), 2, Ok).boxed());
+        assert_eq!(out.len(), 2);
+        assert!(out[1].as_ref().unwrap_err().to_string().contains("bad row group"));
+
+        let out = collect(
+            ordered_blocking(futures::stream::iter(vec![ok(), ok(), ok()]), 2, |b: RecordBatch| {
+                if b.num_rows() == 1 {
+                    Err(Error::data("a job failed"))
+                } else {
+                    Ok(b)
+                }
+            })
+            .boxed(),
+        );
+        assert!(out[0].as_ref().unwrap_err().to_string().contains("a job failed"));
+
+        let out = collect(
+            ordered_blocking(futures::stream::iter(vec![ok()]), 2, |_: RecordBatch| -> Result<RecordBatch> {
+                panic!("boom")
+            })
+            .boxed(),
+        );
+        assert!(out[0].as_ref().unwrap_err().to_string().contains("worker thread failed"), "{out:?}");
+
+        // A panic while pulling the input must not pass for the end of the stream.
+        let panicking = futures::stream::iter(0..3).map(move |i| {
+            assert!(i < 1, "the input panicked");
+            ok()
+        });
+        let out = collect(ordered_blocking(panicking, 2, Ok).boxed());
+        assert!(out.last().unwrap().as_ref().unwrap_err().to_string().contains("stage failed"), "{out:?}");
     }
 }

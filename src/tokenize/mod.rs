@@ -139,11 +139,22 @@ impl TextTokenizer {
             )
         })?;
         let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
-        Ok(Self::from_hf(tok, format!("file {}", path.display()), Some(hash)))
+        Ok(Self::wrap(tok, format!("file {}", path.display()), Some(hash), Some(&bytes)))
     }
 
     /// Wraps an in-memory HuggingFace tokenizer.
-    pub fn from_hf(mut tok: tokenizers::Tokenizer, description: String, file_hash: Option<String>) -> Self {
+    pub fn from_hf(tok: tokenizers::Tokenizer, description: String, file_hash: Option<String>) -> Self {
+        Self::wrap(tok, description, file_hash, None)
+    }
+
+    /// Wraps `tok`; `json` is the tokenizer.json it was read from, when there is one (the fast
+    /// encoder is compiled from it instead of from `tok` serialized again).
+    fn wrap(
+        mut tok: tokenizers::Tokenizer,
+        description: String,
+        file_hash: Option<String>,
+        json: Option<&[u8]>,
+    ) -> Self {
         let _ = tok.with_truncation(None);
         tok.with_padding(None);
         let added = tok.get_added_tokens_decoder();
@@ -177,16 +188,20 @@ impl TextTokenizer {
             file_hash,
         };
         if std::env::var_os("PRETEXT_REFERENCE_TOKENIZER").is_none_or(|v| v.is_empty() || v == "0") {
-            t.fast = t.compile_fast().map(Arc::new);
+            // A file that leaves out fields with defaults compiles from `tok` serialized in full.
+            t.fast = json.and_then(|j| t.compile_fast(Some(j))).or_else(|| t.compile_fast(None)).map(Arc::new);
         }
         t
     }
 
     /// Builds the fast encoder when the tokenizer.json has the BERT shape and a template of
     /// special tokens around a single sequence.
-    fn compile_fast(&self) -> Option<Fast> {
+    fn compile_fast(&self, json: Option<&[u8]>) -> Option<Fast> {
         let tok = self.hf()?;
-        let json: serde_json::Value = serde_json::from_str(&tok.to_string(false).ok()?).ok()?;
+        let json: serde_json::Value = match json {
+            Some(bytes) => serde_json::from_slice(bytes).ok()?,
+            None => serde_json::from_str(&tok.to_string(false).ok()?).ok()?,
+        };
         let encoder = wordpiece::FastWordPiece::from_json(&json)?;
         // What the post-processor puts around one sequence, read off a probe token.
         const PROBE: u32 = u32::MAX - 7;
