@@ -22,6 +22,10 @@ if what == "read":
 from tokenizers import Tokenizer  # noqa: E402
 
 tok = Tokenizer.from_file(sys.argv[3])
+# A tokenizer.json may carry truncation and padding (sentence-transformers models save both at
+# 128): the limit tokenizes every document whole, and counts its tokens, not its padding.
+tok.no_truncation()
+tok.no_padding()
 texts = [t for t in texts if t is not None and t.strip()]
 encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
 tokens = 0
