@@ -21,6 +21,9 @@ pub enum Error {
     /// The environment refused something (I/O, permissions, a file that exists already, ...).
     #[error("{message}{}", hint_suffix(.hint))]
     Env { message: String, hint: Option<String> },
+    /// A signal stopped the command at a safe point (see `crate::stop`).
+    #[error("{message}")]
+    Stopped { signal: i32, message: String },
     /// A broken invariant inside pretext.
     #[error("internal error: {0}\n  please report this at the pretext issue tracker with the pipeline file")]
     Internal(String),
@@ -64,10 +67,12 @@ impl Error {
         Error::Internal(message.to_string())
     }
 
-    /// Process exit code: 1 when the user must act, 2 for bugs.
+    /// Process exit code: 1 when the user must act, 2 for bugs, 128 + the signal's number after
+    /// a graceful stop.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Internal(_) => 2,
+            Error::Stopped { signal, .. } => 128 + signal,
             _ => 1,
         }
     }

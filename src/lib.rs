@@ -16,6 +16,7 @@ pub mod schemas;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod stop;
 pub mod stream;
 pub mod task;
 pub mod tokenize;

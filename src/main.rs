@@ -28,7 +28,7 @@ fn main() {
     let cli = pretext::cli::Cli::parse();
     let code = match pretext::cli::run(cli) {
         Ok(code) => code,
-        Err(e @ pretext::Error::Spec(_)) => {
+        Err(e @ (pretext::Error::Spec(_) | pretext::Error::Stopped { .. })) => {
             eprintln!("{e}");
             e.exit_code()
         }

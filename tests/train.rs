@@ -504,3 +504,51 @@ fn ids_outside_the_vocabulary_are_refused() {
         .expect("an id above the vocabulary");
     assert!(err.to_string().contains("holds 95; only ids below 50"), "{err}");
 }
+
+#[test]
+fn sigint_and_sigterm_stop_training_with_a_checkpoint_that_resumes_exactly() {
+    let dir = tempdir();
+    setup(dir.path(), "causal", "  steps: 40\n  log_every: 1\n  checkpoint: { every_steps: 25, keep: 2 }\n");
+    let o = pretext(&["train", "p.yaml", "--quiet", "--run-dir", "full"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (signal, code, name) in [(libc::SIGINT, 130, "SIGINT"), (libc::SIGTERM, 143, "SIGTERM")] {
+        let run = dir.path().join(name);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(["train", "p.yaml", "--quiet", "--run-dir", name])
+            .current_dir(dir.path())
+            .env_remove("RANK")
+            .env_remove("WORLD_SIZE")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once a few steps are logged.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let logged =
+            |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+        while logged(&run) < 3 {
+            assert!(std::time::Instant::now() < deadline, "no steps were logged");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: sends a signal to a child process we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        assert!(err.contains(&format!("stopped by {name}: training stopped after step")), "{err}");
+        let saved = pretext::train::checkpoint::list(&run).unwrap();
+        let (step, _) = saved.last().expect("a checkpoint of the last step");
+        assert!((3..40).contains(step), "stopped at step {step}");
+        // A checkpoint torn by a kill while it was written is ignored, with a message.
+        std::fs::create_dir_all(run.join(".checkpoint-0000039.tmp")).unwrap();
+        std::fs::write(run.join(".checkpoint-0000039.tmp/model.safetensors"), b"torn").unwrap();
+        let o = pretext(&["train", "p.yaml", "--quiet", "--run-dir", name, "--resume"], dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("ignoring") && stderr(&o).contains("incomplete checkpoint"), "{}", stderr(&o));
+        for f in ["model.safetensors", "optimizer.safetensors"] {
+            let a = std::fs::read(dir.path().join("full/checkpoint-0000040").join(f)).unwrap();
+            let b = std::fs::read(run.join("checkpoint-0000040").join(f)).unwrap();
+            assert!(a == b, "{name}: {f} differs after the stop and resume");
+        }
+        assert_eq!(losses(&dir.path().join("full")), losses(&run), "{name}");
+    }
+}

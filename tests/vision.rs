@@ -6,114 +6,21 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BinaryArray, FixedSizeListArray, Float64Array, Int64Array, RecordBatch, UInt8Array,
-};
-use arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float32Type};
 use common::*;
-use parquet::arrow::ArrowWriter;
 
-/// A deterministic picture: a colour gradient with a bright square whose place depends on `i`.
-pub fn picture(i: usize, w: u32, h: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(w, h, |x, y| {
-        let (cx, cy) = ((i * 7) as u32 % w, (i * 3) as u32 % h);
-        let inside = x.abs_diff(cx) < w / 4 && y.abs_diff(cy) < h / 4;
-        let base = [(x * 255 / w) as u8, (y * 255 / h) as u8, ((i * 40) % 256) as u8];
-        image::Rgb(if inside { [255, 255 - base[0], 40] } else { base })
-    })
-}
-
-fn encode(img: &image::RgbImage, png: bool) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    let format = if png { image::ImageOutputFormat::Png } else { image::ImageOutputFormat::Jpeg(90) };
-    image::DynamicImage::ImageRgb8(img.clone()).write_to(&mut out, format).unwrap();
-    out.into_inner()
-}
-
-fn write(path: &Path, batch: RecordBatch) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
-
-/// `n` encoded images (PNG and some JPEG, varied sizes) with `id` and `label`; row 5 holds
-/// garbage bytes and row 7 a null image.
 fn write_images(path: &Path, n: usize) {
-    let images: Vec<Option<Vec<u8>>> = (0..n)
-        .map(|i| match i {
-            5 => Some(b"definitely not a png".to_vec()),
-            7 => None,
-            _ => Some(encode(&picture(i, 40 + (i % 3) as u32 * 8, 30 + (i % 2) as u32 * 10), i % 4 != 3)),
-        })
-        .collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("image", DataType::Binary, true),
-        Field::new("label", DataType::Int64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
-            Arc::new(BinaryArray::from(images.iter().map(|b| b.as_deref()).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from((0..n as i64).map(|i| i % 3).collect::<Vec<_>>())),
-        ],
-    )
-    .unwrap();
-    write(path, batch);
+    write(path, images(n));
 }
 
-/// `n` planar u8 images of `[3, s, s]` as `FixedSizeList<UInt8>`.
 fn write_pixels(path: &Path, n: usize, s: usize) {
-    let mut values = Vec::with_capacity(n * 3 * s * s);
-    for i in 0..n {
-        let img = picture(i, s as u32, s as u32);
-        for c in 0..3 {
-            values.extend(img.pixels().map(|p| p.0[c]));
-        }
-    }
-    let item = Arc::new(Field::new("item", DataType::UInt8, false));
-    let pixels = FixedSizeListArray::new(item.clone(), (3 * s * s) as i32, Arc::new(UInt8Array::from(values)), None);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("pixels", DataType::FixedSizeList(item, (3 * s * s) as i32), false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())), Arc::new(pixels)],
-    )
-    .unwrap();
-    write(path, batch);
+    write(path, pixels(n, s));
 }
 
-/// A table of `n` rows: 16 numeric features `f0..f15` (f3 with nulls), `color` codes 0..4 with
-/// nulls, and `label`.
 fn write_table(path: &Path, n: usize) {
-    let mut fields = vec![Field::new("id", DataType::Int64, false)];
-    let mut cols: Vec<Arc<dyn Array>> = vec![Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>()))];
-    for j in 0..16 {
-        fields.push(Field::new(format!("f{j}"), DataType::Float64, true));
-        let v: Vec<Option<f64>> = (0..n)
-            .map(|i| {
-                if j == 3 && i % 10 == 0 {
-                    None
-                } else {
-                    Some(((i * (j + 3) * 7919) % 1000) as f64 / 10.0 + j as f64)
-                }
-            })
-            .collect();
-        cols.push(Arc::new(Float64Array::from(v)));
-    }
-    fields.push(Field::new("color", DataType::Int64, true));
-    cols.push(Arc::new(Int64Array::from(
-        (0..n).map(|i| if i % 13 == 0 { None } else { Some((i % 5) as i64) }).collect::<Vec<_>>(),
-    )));
-    fields.push(Field::new("label", DataType::Int64, false));
-    cols.push(Arc::new(Int64Array::from((0..n as i64).map(|i| i % 2).collect::<Vec<_>>())));
-    write(path, RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap());
+    write(path, table(n));
 }
 
 fn concat(batches: &[RecordBatch]) -> RecordBatch {

@@ -24,6 +24,7 @@ pub fn run(
     // Held from before the destination is checked (a tokenizer may be trained into it) to the end.
     let _lock = target.lock()?;
     let rt = super::runtime()?;
+    crate::stop::listen(&rt)?;
     rt.block_on(async {
         // Refuse a bad output before reading any data; fetch what a resumed export reuses.
         let state = target.state(resume).await?;

@@ -34,6 +34,7 @@ pub fn run(
     crate::train::checkpoint::check_run_dir(&dir, resume)?;
     crate::train::tune_allocator();
     let rt = super::runtime()?;
+    crate::stop::listen(&rt)?;
     let build = BuildOptions { tokenizer_dir: Some(dir.clone()), reuse_tokenizer: resume, check_only: false };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;
     let terminal = std::io::stderr().is_terminal();

@@ -2,9 +2,9 @@
 //!
 //! While an export runs, everything lives in the hidden `.pretext-partial/` inside the output
 //! directory: parts are written under a temporary name, synced and renamed when complete, and
-//! `_progress.json` lists the finished ones. At the end the parts move into the output directory
-//! and `_manifest.json` is written last, so a reader listing the directory sees either nothing or
-//! the whole dataset. `--resume` checks the fingerprint (pipeline, export settings, tokenizer,
+//! `_progress.json` lists the finished ones. At the end the whole of it, with `_manifest.json`,
+//! replaces the output directory by rename (see `target`), so a reader listing the directory sees
+//! either nothing or the whole dataset. `--resume` checks the fingerprint (pipeline, export settings, tokenizer,
 //! source files, shard) and every finished part's hash, regenerates the deterministic stream,
 //! skips the rows of the finished parts and writes the rest: the bytes equal an uninterrupted run.
 
@@ -427,7 +427,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
             if finished == 0 {
                 // Nothing worth resuming: leave the destination as it was.
                 target.discard(&state).await;
-            } else {
+            } else if !matches!(e, Error::Stopped { .. }) {
                 eprintln!(
                     "note: {finished} finished part(s) are kept in `{}`: fix the problem and run again with `--resume`",
                     target.staging_name()
@@ -588,6 +588,13 @@ async fn write_parts(
     let result: Result<()> = async {
         opts.target.save_progress(&writer.progress).await?;
         while let Some(item) = rx.recv().await {
+            if let Some(signal) = crate::stop::requested() {
+                let what = match writer.progress.parts.len() {
+                    0 => "no part was finished, so nothing was kept".to_string(),
+                    n => format!("{n} finished part(s) are kept; continue the export with `--resume`"),
+                };
+                return Err(crate::stop::stopped(signal, what));
+            }
             let (batch, before) = item?;
             let mut batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
             let mut skipped = 0;

@@ -1,10 +1,13 @@
 //! Where an export goes: a local directory, or a prefix in an object store.
 //!
 //! Both keep the same layout and the same promise. While the export runs, finished parts and
-//! `_progress.json` live under the hidden `.pretext-partial/`. At the end the parts move to the
-//! top level and `_manifest.json` is written last, so a reader listing the output as a dataset
-//! sees nothing or everything. In an object store, a part is written locally (the spool),
-//! uploaded in one `PUT` (an object appears only once complete), and moved by a server-side copy.
+//! `_progress.json` live under the hidden `.pretext-partial/`. At the end a local export is
+//! published by renames: staging, complete with its manifest, moves beside the directory and
+//! then replaces it, so a reader listing the output as a dataset sees nothing or everything, and
+//! a run stopped between the two renames is completed by the next. (A directory that holds other
+//! files gets its parts moved one by one, the manifest last.) In an object store, a part is
+//! written locally (the spool), uploaded in one `PUT` (an object appears only once complete),
+//! moved by a server-side copy, and `_manifest.json` is written last.
 
 use std::path::{Path, PathBuf};
 
@@ -136,6 +139,7 @@ impl Target {
     pub async fn state(&self, resume: bool) -> Result<OutputState> {
         let (finished, interrupted, other) = match self {
             Target::Local(dir) => {
+                finish_publish(dir)?;
                 if dir.is_file() {
                     return Err(Error::env_hint(
                         format!("the output `{}` is a file, not a directory", dir.display()),
@@ -292,6 +296,9 @@ impl Target {
     pub async fn publish(&self, parts: &[Part], manifest: &[u8]) -> Result<()> {
         match self {
             Target::Local(d) => {
+                if publish_by_rename(d, manifest)? {
+                    return Ok(());
+                }
                 let staging = d.join(STAGING);
                 for p in parts {
                     let from = staging.join(&p.file);
@@ -353,6 +360,81 @@ impl Target {
             Target::Remote(r) => format!("{}/{STAGING}", r.url),
         }
     }
+}
+
+/// Where a finished local export waits, complete, for the rename that publishes it: beside the
+/// output directory, like its lock. `None` for a directory without a name of its own (`.`).
+fn ready_path(dir: &Path) -> Option<PathBuf> {
+    let dir = std::path::absolute(dir).ok()?;
+    Some(dir.parent()?.join(format!(".{}.pretext-ready", dir.file_name()?.to_string_lossy())))
+}
+
+/// The names in `dir`.
+fn names_in(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+    Ok(entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+}
+
+/// Publishes a local export in one step, so that a reader listing the directory sees nothing or
+/// everything even while the parts move: staging gets the manifest and a copy of the tokenizer,
+/// leaves the directory for its ready place beside it, and is renamed over the then empty
+/// directory. Returns `false`, having changed nothing, where that cannot be done (the output is
+/// a symbolic link or holds other files); the parts are then moved one by one.
+fn publish_by_rename(dir: &Path, manifest: &[u8]) -> Result<bool> {
+    let staging = dir.join(STAGING);
+    let Some(ready) = ready_path(dir) else { return Ok(false) };
+    let linked = std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink()).unwrap_or(true);
+    if linked || ready.exists() || names_in(dir)?.iter().any(|n| n != STAGING && n != "tokenizer.json") {
+        return Ok(false);
+    }
+    crate::plan::write_atomic(&staging.join(MANIFEST), manifest)?;
+    let tok = dir.join("tokenizer.json");
+    if tok.is_file() {
+        let copy = staging.join("tokenizer.json");
+        std::fs::copy(&tok, &copy).map_err(|e| Error::io(&copy, "write", e))?;
+    }
+    if let Err(e) = std::fs::rename(&staging, &ready) {
+        // Another file system, say: the parts move one by one.
+        let _ = std::fs::remove_file(staging.join(MANIFEST));
+        tracing::debug!("publishing by rename is not possible: {e}");
+        return Ok(false);
+    }
+    finish_publish(dir)?;
+    Ok(true)
+}
+
+/// Completes a publish by rename that stopped half way (see [`publish_by_rename`]): the ready
+/// export replaces the output directory, which holds at most the tokenizer copied into it.
+fn finish_publish(dir: &Path) -> Result<()> {
+    let Some(ready) = ready_path(dir) else { return Ok(()) };
+    if !ready.join(MANIFEST).is_file() {
+        return Ok(());
+    }
+    if dir.exists() {
+        for n in names_in(dir)? {
+            if n != "tokenizer.json" || !ready.join(&n).is_file() {
+                return Err(Error::env_hint(
+                    format!(
+                        "`{}` holds a finished export ready to publish, and `{}` holds `{n}`",
+                        ready.display(),
+                        dir.display()
+                    ),
+                    format!("move `{n}` away and run again, or delete `{}`", ready.display()),
+                ));
+            }
+            let p = dir.join(&n);
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+        }
+    }
+    std::fs::rename(&ready, dir).map_err(|e| Error::io(dir, "publish the export into", e))?;
+    let progress = dir.join(PROGRESS);
+    if progress.exists() {
+        std::fs::remove_file(&progress).map_err(|e| Error::io(&progress, "remove", e))?;
+    }
+    if let Some(parent) = ready.parent() {
+        crate::train::checkpoint::sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 fn dir_has_data(dir: &Path) -> Result<bool> {

@@ -287,6 +287,9 @@ fn adapt(
     Box::pin(RecordBatchStreamAdapter::new(schema, s))
 }
 
+/// Rows a task's observer takes in between two snapshots.
+const OBSERVED_ROWS: usize = 1024;
+
 /// Image and table rows → examples: the task's observer (if any) sees every batch in scan order,
 /// then `apply` runs on the blocking pool, `workers` batches at a time, in order.
 fn record_examples(
@@ -300,6 +303,22 @@ fn record_examples(
     let Some(mut observer) = task.observer(&cx) else {
         return ordered_map(rows, schema, workers, move |b| task.apply(&b, &keys_of(&b), &cx));
     };
+    // What the observer has seen when a row is corrupted must not depend on how the source is
+    // batched: it observes, and snapshots, every OBSERVED_ROWS rows of the window.
+    let coalescer = arrow::compute::BatchCoalescer::new(rows.schema(), OBSERVED_ROWS);
+    let rows = stateful(
+        rows,
+        coalescer.schema(),
+        coalescer,
+        |c, b| {
+            c.push_batch(b)?;
+            Ok(std::iter::from_fn(|| c.next_completed_batch()).collect())
+        },
+        |mut c| async move {
+            c.finish_buffered_batch()?;
+            Ok(c.next_completed_batch().into_iter().collect())
+        },
+    );
     let observed = rows.map(move |item| -> datafusion::error::Result<_> {
         let batch = item?;
         let seen = observer.observe(&batch).map_err(DataFusionError::from)?;
@@ -313,7 +332,8 @@ fn record_examples(
 
 /// How a pass is cut into windows and positions, which cursors and resumable exports depend on.
 /// 2: Parquet sources without `sql` are read by row group, and their windows count positions.
-pub const STREAM_VERSION: u32 = 2;
+/// 3: a task's observer snapshots every 1024 rows of a window, not after every source batch.
+pub const STREAM_VERSION: u32 = 3;
 
 /// Rows of the source per window when shuffling is off (see [`Plan::window_rows`]).
 pub const DEFAULT_WINDOW_ROWS: u64 = 65_536;

@@ -3,7 +3,8 @@
 //!
 //! The marginals come from a seeded reservoir sample per column (Vitter / Li's Algorithm L), fed
 //! by the [`Observer`] stage in scan order, so the stream stays one pass and memory stays bounded;
-//! each batch is corrupted with a snapshot taken after it was observed. Null features are imputed
+//! the stream hands it every 1024 rows of a window as one batch, whatever the source's batches,
+//! and each batch is corrupted with a snapshot taken after it was observed. Null features are imputed
 //! (numeric: the reservoir's median; categorical codes: its most frequent value) and flagged in
 //! `missing_mask`, never silently zero.
 

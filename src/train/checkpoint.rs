@@ -123,6 +123,35 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Checkpoints a run stopped while writing (`.checkpoint-N.tmp`): never read, removed by
+/// [`remove_torn`].
+pub fn torn(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(run_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(run_dir, "read directory", e)),
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with(".checkpoint-") && n.ends_with(".tmp")
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Removes the torn checkpoints of `run_dir`, saying so.
+pub fn remove_torn(run_dir: &Path) -> Result<()> {
+    for t in torn(run_dir)? {
+        eprintln!("note: ignoring `{}`: an incomplete checkpoint (the run stopped while writing it)", t.display());
+        std::fs::remove_dir_all(&t).map_err(|e| Error::io(&t, "remove", e))?;
+    }
+    Ok(())
+}
+
 /// Writes a checkpoint for `state.step` and deletes all but the newest `keep`.
 pub fn save(run_dir: &Path, model: &Model, opt: &AdamW, state: &State, keep: usize) -> Result<PathBuf> {
     let name = format!("checkpoint-{:07}", state.step);

@@ -374,6 +374,9 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         total_steps: cfg.steps,
         window: Window::default(),
     };
+    if opts.resume {
+        checkpoint::remove_torn(&run_dir)?;
+    }
     match (opts.resume, existing.last()) {
         (true, Some((_, dir))) => {
             let old = checkpoint::read_state(dir)?;
@@ -496,6 +499,27 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
     let mut last_checkpoint = None;
     let result = (|| -> Result<()> {
         while trainer.step < cfg.steps {
+            if let Some(signal) = crate::stop::requested() {
+                // A graceful stop: a checkpoint of the last finished step, unless it has one.
+                let step = trainer.step;
+                let saved_now = step > start_step && step % every != 0;
+                if saved_now {
+                    last_checkpoint = Some(checkpoint::save(&run_dir, &trainer.model, &trainer.opt, &state, keep)?);
+                }
+                let what = match &last_checkpoint {
+                    Some(c) => format!(
+                        "training stopped after step {step} of {}, checkpoint `{}`; continue it with `--resume`",
+                        cfg.steps,
+                        c.display()
+                    ),
+                    None if step > 0 => format!(
+                        "training stopped at step {step} of {} before any new step; continue it with `--resume`",
+                        cfg.steps
+                    ),
+                    None => "training stopped before its first step; nothing was saved".to_string(),
+                };
+                return Err(crate::stop::stopped(signal, what));
+            }
             let step_start = Instant::now();
             let mut micro = Vec::with_capacity(cfg.accumulate as usize);
             let mut wait = Duration::ZERO;
