@@ -29,6 +29,17 @@ pub enum Error {
     Internal(String),
 }
 
+/// What to do about an I/O error the user can fix.
+pub fn io_hint(err: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind as K;
+    match err.kind() {
+        K::PermissionDenied => Some("check the permissions: pretext needs to read (and, for directories, enter) what it reads, and to write where it writes"),
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => Some("free space on that file system, or choose another output; an export keeps its finished parts for `--resume`"),
+        K::ReadOnlyFilesystem => Some("the file system is read-only: choose another output"),
+        _ => None,
+    }
+}
+
 fn hint_suffix(hint: &Option<String>) -> String {
     match hint {
         Some(h) => format!("\n  hint: {h}"),
@@ -57,9 +68,13 @@ impl Error {
         Error::Env { message: message.to_string(), hint: Some(hint.to_string()) }
     }
 
-    /// An I/O failure on `path`.
+    /// An I/O failure on `path`, with what to do for the failures a user can fix.
     pub fn io(path: &std::path::Path, action: &str, err: std::io::Error) -> Self {
-        Error::env(format!("cannot {action} `{}`: {err}", path.display()))
+        let message = format!("cannot {action} `{}`: {err}", path.display());
+        match io_hint(&err) {
+            Some(hint) => Error::env_hint(message, hint),
+            None => Error::env(message),
+        }
     }
 
     /// A broken invariant.

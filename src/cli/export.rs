@@ -57,18 +57,38 @@ pub fn run(
         let padding = crate::sink::export::padding_share(&plan, report.rows, report.tokens)
             .map(|p| format!(", {:.1}% padding", p * 100.0))
             .unwrap_or_default();
-        eprintln!(
-            "exported {} rows, {} tokens{padding} in {} part(s){} to `{}` in {:.1}s ({} tokens/s); {} documents read, {} null/blank texts skipped",
-            report.rows,
-            report.tokens,
-            report.parts,
-            if report.resumed_parts > 0 { format!(" ({} resumed)", report.resumed_parts) } else { String::new() },
-            report.dir,
-            report.seconds,
-            human(report.tokens as f64 / secs),
-            documents,
-            skipped
-        );
+        let resumed =
+            if report.resumed_parts > 0 { format!(" ({} resumed)", report.resumed_parts) } else { String::new() };
+        if plan.sources.iter().all(|s| s.input == crate::spec::TaskInput::Text) {
+            eprintln!(
+                "exported {} rows, {} tokens{padding} in {} part(s){resumed} to `{}` in {:.1}s ({} tokens/s); {} documents read, {} null/blank texts skipped",
+                report.rows,
+                report.tokens,
+                report.parts,
+                report.dir,
+                report.seconds,
+                human(report.tokens as f64 / secs),
+                documents,
+                skipped
+            );
+        } else {
+            // Images and table rows: no tokens, and images skipped for being null or undecodable.
+            let (nulls, bad) = (sum("skipped_null_image"), sum("skipped_undecodable_image"));
+            eprintln!(
+                "exported {} rows in {} part(s){resumed} to `{}` in {:.1}s ({} rows/s); {} rows read{}",
+                report.rows,
+                report.parts,
+                report.dir,
+                report.seconds,
+                human(report.rows as f64 / secs),
+                sum("rows_read"),
+                if nulls + bad > 0 {
+                    format!(", {nulls} null and {bad} undecodable image(s) skipped (named in `_manifest.json`)")
+                } else {
+                    String::new()
+                }
+            );
+        }
         if plan.sources.len() > 1 {
             let counts: Vec<u64> =
                 plan.mix_counts.examples.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();

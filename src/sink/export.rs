@@ -157,6 +157,18 @@ fn tokens_in(batch: &RecordBatch) -> u64 {
     total
 }
 
+/// A failed write of a part, with the I/O error under the Parquet writer's and what to do.
+fn write_error(path: &std::path::Path, e: parquet::errors::ParquetError) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Error::io(path, "write", std::io::Error::new(io.kind(), io.to_string()));
+        }
+        cause = c.source();
+    }
+    Error::env(format!("cannot write `{}`: {e}", path.display()))
+}
+
 struct PartWriter {
     index: usize,
     tmp: PathBuf,
@@ -259,7 +271,7 @@ impl Writer {
         self.pending.clear();
         self.pending_rows = 0;
         let part = self.current.as_mut().ok_or_else(|| Error::internal("chunk without a part"))?;
-        part.writer.write(&chunk).map_err(|e| Error::env(format!("writing `{}`: {e}", part.tmp.display())))?;
+        part.writer.write(&chunk).map_err(|e| write_error(&part.tmp, e))?;
         part.rows += chunk.num_rows() as u64;
         part.tokens += tokens_in(&chunk);
         if let Some(d) =
@@ -281,8 +293,7 @@ impl Writer {
     async fn close_part(&mut self) -> Result<()> {
         self.flush_chunk()?;
         let Some(part) = self.current.take() else { return Ok(()) };
-        let file =
-            part.writer.into_inner().map_err(|e| Error::env(format!("finishing `{}`: {e}", part.tmp.display())))?;
+        let file = part.writer.into_inner().map_err(|e| write_error(&part.tmp, e))?;
         file.file.sync_all().map_err(|e| Error::io(&part.tmp, "sync", e))?;
         let name = part_name(part.index);
         let done = Part {

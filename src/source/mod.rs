@@ -669,13 +669,8 @@ impl Source {
                     };
                     match next {
                         Some(batch) => {
-                            let batch = batch.map_err(|e| {
-                                Error::data(format!(
-                                    "reading `{}`: {}",
-                                    st.source.files[*file_idx].path.display(),
-                                    Error::from(e)
-                                ))
-                            })?;
+                            let batch = batch
+                                .map_err(|e| unreadable(&st.source.files[*file_idx].path.display().to_string(), e))?;
                             let mut start = *row;
                             *row += batch.num_rows() as u64;
                             let fi = *file_idx;
@@ -887,7 +882,7 @@ async fn open_item(
         None => source.files[item].path.display().to_string(),
     };
     let first = match stream.next().await {
-        Some(b) => Some(b.map_err(|e| Error::data(format!("reading `{}`: {}", path(), Error::from(e))))?),
+        Some(b) => Some(b.map_err(|e| unreadable(&path(), e))?),
         None => None,
     };
     Ok(Opened::Stream(stream, first))
@@ -958,6 +953,22 @@ pub struct ScanStart {
     /// export's manifest counts every row once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<[u64; 7]>,
+}
+
+/// A file that failed while being read: damaged pages, a changed file, a failed disk.
+pub(crate) fn unreadable(path: &str, e: impl Into<Error>) -> Error {
+    match e.into() {
+        // Already says which file.
+        e @ Error::Data { .. } if e.to_string().contains(path) => e,
+        e if e.to_string().contains("non-UTF-8") => Error::data_hint(
+            format!("cannot read `{path}`: {e}"),
+            "the text holds bytes that are not UTF-8: fix the data, or leave those rows out in `source.sql`",
+        ),
+        e => Error::data_hint(
+            format!("cannot read `{path}`: {e}"),
+            "the file is damaged, or changed while it was read: restore or remove it, then run again (an export keeps its finished parts for `--resume`)",
+        ),
+    }
 }
 
 /// Where a window begins.

@@ -326,9 +326,7 @@ impl Units {
         let out_schema = out.clone();
         let path = file.path.display().to_string();
         let batches = stream.map(move |r| {
-            let batch = r.map_err(|e| {
-                datafusion::error::DataFusionError::from(Error::data(format!("reading `{path}`: {}", Error::from(e))))
-            })?;
+            let batch = r.map_err(|e| datafusion::error::DataFusionError::from(super::unreadable(&path, e)))?;
             if constants.is_empty() {
                 return Ok(batch);
             }
