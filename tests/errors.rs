@@ -153,10 +153,10 @@ fn empty_source_gives_an_empty_export_with_a_manifest() {
 }
 
 #[test]
-fn a_document_of_several_megabytes_works() {
+fn a_document_of_fifty_megabytes_works() {
     let t = tempdir();
-    let big: String = (0..600_000).map(|i| ["lorem ", "ipsum ", "dolor ", "sit "][i % 4]).collect();
-    assert!(big.len() > 3_000_000);
+    let big: String = (0..10_000_000).map(|i| ["lorem ", "ipsum ", "dolor ", "sit "][i % 4]).collect();
+    assert!(big.len() > 50_000_000);
     write_parquet(&t.path().join("data/a.parquet"), &[(1, Some(big.clone())), (2, Some("short one".into()))]);
     let p = pipeline(t.path(), "p.yaml", "name: x\nsource: { path: data }\ntask: { mlm: { seq_len: 512 } }\n");
     let o = pretext(&["export", p.to_str().unwrap(), "--out", "out", "--quiet"], t.path());
