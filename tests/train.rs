@@ -552,3 +552,69 @@ fn sigint_and_sigterm_stop_training_with_a_checkpoint_that_resumes_exactly() {
         assert_eq!(losses(&dir.path().join("full")), losses(&run), "{name}");
     }
 }
+
+#[test]
+fn a_run_killed_at_random_moments_resumes_exactly() {
+    // A checkpoint every step: many of the kills land while one is being written.
+    let dir = tempdir();
+    setup(dir.path(), "causal", "  steps: 30\n  log_every: 1\n  checkpoint: { every_steps: 1, keep: 2 }\n");
+    let o = pretext(&["train", "p.yaml", "--quiet", "--run-dir", "full"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("killed");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut kills, mut torn) = (0, 0);
+    loop {
+        let mut args = vec!["train", "p.yaml", "--quiet", "--run-dir", "killed"];
+        if run.exists() {
+            args.push("--resume");
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("RANK")
+            .env_remove("WORLD_SIZE")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Killed after 1 to 3 more logged steps, then 0 to 15 ms on: inside a step, or inside
+        // the checkpoint written after it.
+        let logged =
+            |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+        let target = logged(&run) + 1 + (state % 3) as usize;
+        let delay = std::time::Duration::from_millis((state >> 8) % 16);
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success());
+                break true;
+            }
+            if logged(&run) >= target || kills >= 8 {
+                std::thread::sleep(delay);
+                break child.try_wait().unwrap().is_some();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        if finished {
+            break;
+        }
+        if kills >= 8 {
+            // Enough kills: let this run finish.
+            assert!(child.wait().unwrap().success());
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        torn += pretext::train::checkpoint::torn(&run).unwrap().len();
+    }
+    eprintln!("{kills} kills, {torn} of them while a checkpoint was written");
+    assert!(kills >= 5, "only {kills} kills");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let a = std::fs::read(dir.path().join("full/checkpoint-0000030").join(f)).unwrap();
+        let b = std::fs::read(run.join("checkpoint-0000030").join(f)).unwrap();
+        assert!(a == b, "{f} differs after {kills} kills");
+    }
+    assert_eq!(losses(&dir.path().join("full")), losses(&run));
+}
