@@ -34,7 +34,7 @@ pub fn io_hint(err: &std::io::Error) -> Option<&'static str> {
     use std::io::ErrorKind as K;
     match err.kind() {
         K::PermissionDenied => Some("check the permissions: pretext needs to read (and, for directories, enter) what it reads, and to write where it writes"),
-        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => Some("free space on that file system, or choose another output; an export keeps its finished parts for `--resume`"),
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => Some("free space on that file system, or choose another output, then run again with `--resume` (finished parts and checkpoints are kept)"),
         K::ReadOnlyFilesystem => Some("the file system is read-only: choose another output"),
         _ => None,
     }

@@ -186,3 +186,26 @@ fn a_publish_stopped_between_its_renames_is_completed_by_the_next_run() {
     assert!(dir_files(&cut) == dir_files(&full));
     assert!(!ready.exists());
 }
+
+#[test]
+fn exports_into_the_working_directory_or_through_a_link_are_published_too() {
+    let t = tempdir();
+    corpus(t.path());
+    pipeline(t.path(), "p.yaml", YAML);
+    assert!(spawn(t.path(), "full").wait().unwrap().success());
+    let (reference, _) = finished(&t.path().join("full"));
+    // `--out .` from inside the (empty) output directory.
+    let here = t.path().join("here");
+    std::fs::create_dir_all(&here).unwrap();
+    let o = pretext(&["export", "../p.yaml", "--out", ".", "--quiet"], &here);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(finished(&here).0 == reference);
+    // `--out link/`, a symbolic link to an empty directory: the link stays a link.
+    std::fs::create_dir_all(t.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(t.path().join("real"), t.path().join("link")).unwrap();
+    let o = pretext(&["export", "p.yaml", "--out", "link/", "--quiet"], t.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(t.path().join("link")).unwrap().file_type().is_symlink());
+    assert!(finished(&t.path().join("real")).0 == reference);
+    assert!(!t.path().join("real/_progress.json").exists() && !t.path().join("here/_progress.json").exists());
+}

@@ -362,11 +362,23 @@ impl Target {
     }
 }
 
-/// Where a finished local export waits, complete, for the rename that publishes it: beside the
-/// output directory, like its lock. `None` for a directory without a name of its own (`.`).
-fn ready_path(dir: &Path) -> Option<PathBuf> {
-    let dir = std::path::absolute(dir).ok()?;
-    Some(dir.parent()?.join(format!(".{}.pretext-ready", dir.file_name()?.to_string_lossy())))
+/// The output directory as `parent/name` (absolute, without a trailing `/` or `.`), and where a
+/// finished local export waits, complete, for the rename that publishes it: beside it, like its
+/// lock. `None` where it cannot be renamed: no name of its own (`/`), or the working directory
+/// or one of its parents.
+fn ready_paths(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let abs = std::path::absolute(dir).ok()?;
+    let (parent, name) = (abs.parent()?, abs.file_name()?);
+    if name == "." || name == ".." {
+        return None;
+    }
+    let out = parent.join(name);
+    let cwd = std::env::current_dir().ok()?;
+    if std::fs::canonicalize(&out).is_ok_and(|c| cwd.starts_with(c)) {
+        return None;
+    }
+    let ready = parent.join(format!(".{}.pretext-ready", name.to_string_lossy()));
+    Some((out, ready))
 }
 
 /// The names in `dir`.
@@ -375,64 +387,89 @@ fn names_in(dir: &Path) -> Result<Vec<String>> {
     Ok(entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
 }
 
+/// Writes `bytes` to `path` and makes them durable.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, "create", e))?;
+    std::io::Write::write_all(&mut f, bytes).map_err(|e| Error::io(path, "write", e))?;
+    f.sync_all().map_err(|e| Error::io(path, "sync", e))
+}
+
 /// Publishes a local export in one step, so that a reader listing the directory sees nothing or
 /// everything even while the parts move: staging gets the manifest and a copy of the tokenizer,
 /// leaves the directory for its ready place beside it, and is renamed over the then empty
-/// directory. Returns `false`, having changed nothing, where that cannot be done (the output is
-/// a symbolic link or holds other files); the parts are then moved one by one.
+/// directory. Returns `false`, with staging as it was, where that cannot be done (the output is
+/// a symbolic link, the working directory, or holds other files; a rename fails); the parts are
+/// then moved one by one.
 fn publish_by_rename(dir: &Path, manifest: &[u8]) -> Result<bool> {
     let staging = dir.join(STAGING);
-    let Some(ready) = ready_path(dir) else { return Ok(false) };
-    let linked = std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink()).unwrap_or(true);
-    if linked || ready.exists() || names_in(dir)?.iter().any(|n| n != STAGING && n != "tokenizer.json") {
+    let Some((out, ready)) = ready_paths(dir) else { return Ok(false) };
+    let linked = std::fs::symlink_metadata(&out).map(|m| m.file_type().is_symlink()).unwrap_or(true);
+    if linked || ready.exists() || names_in(&out)?.iter().any(|n| n != STAGING && n != "tokenizer.json") {
         return Ok(false);
     }
-    crate::plan::write_atomic(&staging.join(MANIFEST), manifest)?;
-    let tok = dir.join("tokenizer.json");
+    // Durable before the renames: after a crash, the manifest marks a ready export complete.
+    let tok = out.join("tokenizer.json");
     if tok.is_file() {
-        let copy = staging.join("tokenizer.json");
-        std::fs::copy(&tok, &copy).map_err(|e| Error::io(&copy, "write", e))?;
+        let bytes = std::fs::read(&tok).map_err(|e| Error::io(&tok, "read", e))?;
+        write_synced(&staging.join("tokenizer.json"), &bytes)?;
     }
-    if let Err(e) = std::fs::rename(&staging, &ready) {
-        // Another file system, say: the parts move one by one.
+    write_synced(&staging.join(MANIFEST), manifest)?;
+    crate::train::checkpoint::sync_dir(&staging)?;
+    let undo = |why: std::io::Error| {
         let _ = std::fs::remove_file(staging.join(MANIFEST));
-        tracing::debug!("publishing by rename is not possible: {e}");
-        return Ok(false);
+        let _ = std::fs::remove_file(staging.join("tokenizer.json"));
+        tracing::debug!("publishing by rename is not possible: {why}");
+        Ok(false)
+    };
+    if let Err(e) = std::fs::rename(&staging, &ready) {
+        // Another file system, say.
+        return undo(e);
+    }
+    if tok.is_file() {
+        std::fs::remove_file(&tok).map_err(|e| Error::io(&tok, "remove", e))?;
+    }
+    if let Err(e) = std::fs::rename(&ready, &out) {
+        // Put everything back as it was.
+        std::fs::rename(&ready, &staging).map_err(|e| Error::io(&staging, "restore", e))?;
+        if staging.join("tokenizer.json").is_file() {
+            std::fs::copy(staging.join("tokenizer.json"), &tok).map_err(|e| Error::io(&tok, "restore", e))?;
+        }
+        return undo(e);
     }
     finish_publish(dir)?;
     Ok(true)
 }
 
 /// Completes a publish by rename that stopped half way (see [`publish_by_rename`]): the ready
-/// export replaces the output directory, which holds at most the tokenizer copied into it.
+/// export replaces the output directory, which holds at most the tokenizer copied into it, and
+/// the published directory loses the progress file it carried.
 fn finish_publish(dir: &Path) -> Result<()> {
-    let Some(ready) = ready_path(dir) else { return Ok(()) };
-    if !ready.join(MANIFEST).is_file() {
-        return Ok(());
-    }
-    if dir.exists() {
-        for n in names_in(dir)? {
-            if n != "tokenizer.json" || !ready.join(&n).is_file() {
-                return Err(Error::env_hint(
-                    format!(
-                        "`{}` holds a finished export ready to publish, and `{}` holds `{n}`",
-                        ready.display(),
-                        dir.display()
-                    ),
-                    format!("move `{n}` away and run again, or delete `{}`", ready.display()),
-                ));
+    let Some((out, ready)) = ready_paths(dir) else { return Ok(()) };
+    if ready.join(MANIFEST).is_file() {
+        if out.exists() {
+            for n in names_in(&out)? {
+                if n != "tokenizer.json" || !ready.join(&n).is_file() {
+                    return Err(Error::env_hint(
+                        format!(
+                            "`{}` holds a finished export ready to publish, and `{}` holds `{n}`",
+                            ready.display(),
+                            out.display()
+                        ),
+                        format!("move `{n}` away and run again, or delete `{}`", ready.display()),
+                    ));
+                }
+                let p = out.join(&n);
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
             }
-            let p = dir.join(&n);
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+        }
+        std::fs::rename(&ready, &out).map_err(|e| Error::io(&out, "publish the export into", e))?;
+        if let Some(parent) = out.parent() {
+            crate::train::checkpoint::sync_dir(parent)?;
         }
     }
-    std::fs::rename(&ready, dir).map_err(|e| Error::io(dir, "publish the export into", e))?;
-    let progress = dir.join(PROGRESS);
-    if progress.exists() {
+    let progress = out.join(PROGRESS);
+    if out.join(MANIFEST).is_file() && progress.is_file() {
         std::fs::remove_file(&progress).map_err(|e| Error::io(&progress, "remove", e))?;
-    }
-    if let Some(parent) = ready.parent() {
-        crate::train::checkpoint::sync_dir(parent)?;
     }
     Ok(())
 }

@@ -958,8 +958,9 @@ pub struct ScanStart {
 /// A file that failed while being read: damaged pages, a changed file, a failed disk.
 pub(crate) fn unreadable(path: &str, e: impl Into<Error>) -> Error {
     match e.into() {
-        // Already says which file.
+        // Already says which file; or not about the file's bytes.
         e @ Error::Data { .. } if e.to_string().contains(path) => e,
+        e @ (Error::Internal(_) | Error::Env { .. } | Error::Stopped { .. } | Error::Spec(_)) => e,
         e if e.to_string().contains("non-UTF-8") => Error::data_hint(
             format!("cannot read `{path}`: {e}"),
             "the text holds bytes that are not UTF-8: fix the data, or leave those rows out in `source.sql`",

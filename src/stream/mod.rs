@@ -135,8 +135,9 @@ where
 /// A task of its own pulls `input` and starts the jobs, so work goes on while the consumer is
 /// busy elsewhere (writing a part, say). A `buffered` stream would start a job only when its
 /// consumer polls it, and each stage would wait for the slowest one downstream. At most
-/// `workers` finished results wait for the consumer. A failed input, a failed job or a panic
-/// in either ends the stream with an error, never early without one.
+/// `workers` finished results wait for the consumer. A failed job yields its error in its
+/// place; a failed input ends the stream with its error; a panic in a job or while pulling the
+/// input yields an error too, so the stream never ends early without one.
 fn ordered_blocking<T, F>(
     input: impl Stream<Item = datafusion::error::Result<T>> + Send + 'static,
     workers: usize,
@@ -198,6 +199,7 @@ where
         };
         Some((out, St::Running(rx, driver)))
     })
+    .fuse()
 }
 
 /// Text per tokenizer job. Rows come in batches of a fixed count, and a batch of long documents
