@@ -19,6 +19,15 @@ fn corpus(dir: &Path) {
     }
 }
 
+/// The corpus and pipeline in `dir`, exported uninterrupted into `full`; how long that took.
+fn exported(dir: &Path) -> Duration {
+    corpus(dir);
+    pipeline(dir, "p.yaml", YAML);
+    let started = Instant::now();
+    assert!(spawn(dir, "full").wait().unwrap().success());
+    started.elapsed()
+}
+
 fn spawn(dir: &Path, out: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
         .args(["export", "p.yaml", "--out", out, "--resume", "--quiet"])
@@ -72,12 +81,7 @@ impl Moments {
 #[test]
 fn an_export_killed_at_random_moments_resumes_to_identical_bytes() {
     let t = tempdir();
-    corpus(t.path());
-    pipeline(t.path(), "p.yaml", YAML);
-    let started = Instant::now();
-    let mut whole = spawn(t.path(), "full");
-    assert!(whole.wait().unwrap().success());
-    let took = started.elapsed();
+    let took = exported(t.path());
     let (reference, record) = finished(&t.path().join("full"));
     assert!(reference.len() >= 8, "{} parts: too few to interrupt between", reference.len());
     let everything = listed(&t.path().join("full"));
@@ -135,10 +139,7 @@ fn an_export_killed_at_random_moments_resumes_to_identical_bytes() {
 #[test]
 fn sigint_and_sigterm_stop_an_export_keeping_its_parts() {
     let t = tempdir();
-    corpus(t.path());
-    pipeline(t.path(), "p.yaml", YAML);
-    let mut whole = spawn(t.path(), "full");
-    assert!(whole.wait().unwrap().success());
+    exported(t.path());
     let (reference, _) = finished(&t.path().join("full"));
     for (signal, code, name) in [(libc::SIGINT, 130, "SIGINT"), (libc::SIGTERM, 143, "SIGTERM")] {
         let out = t.path().join(name);
@@ -166,9 +167,7 @@ fn sigint_and_sigterm_stop_an_export_keeping_its_parts() {
 #[test]
 fn a_publish_stopped_between_its_renames_is_completed_by_the_next_run() {
     let t = tempdir();
-    corpus(t.path());
-    pipeline(t.path(), "p.yaml", YAML);
-    assert!(spawn(t.path(), "full").wait().unwrap().success());
+    exported(t.path());
     let full = t.path().join("full");
     // Stopped after staging left the directory for its ready place, before it replaced it.
     let ready = t.path().join(".cut.pretext-ready");
@@ -190,9 +189,7 @@ fn a_publish_stopped_between_its_renames_is_completed_by_the_next_run() {
 #[test]
 fn exports_into_the_working_directory_or_through_a_link_are_published_too() {
     let t = tempdir();
-    corpus(t.path());
-    pipeline(t.path(), "p.yaml", YAML);
-    assert!(spawn(t.path(), "full").wait().unwrap().success());
+    exported(t.path());
     let (reference, _) = finished(&t.path().join("full"));
     // `--out .` from inside the (empty) output directory.
     let here = t.path().join("here");

@@ -456,6 +456,19 @@ fn every_example_pipeline_trains() {
     assert!(trained >= 5, "only {trained} example pipelines have a train section");
 }
 
+/// Starts `pretext train p.yaml --quiet ARGS` in `dir`, to be killed or signalled.
+fn spawn_train(dir: &Path, args: &[&str], stderr: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["train", "p.yaml", "--quiet"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
     let dir = tempdir();
@@ -464,14 +477,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     let killed = dir.path().join("killed");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(["train", "p.yaml", "--quiet", "--run-dir", "killed"])
-        .current_dir(dir.path())
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(dir.path(), &["--run-dir", "killed"], std::process::Stdio::null());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while !killed.join("checkpoint-0000006").exists() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
@@ -513,14 +519,7 @@ fn sigint_and_sigterm_stop_training_with_a_checkpoint_that_resumes_exactly() {
     assert!(o.status.success(), "{}", stderr(&o));
     for (signal, code, name) in [(libc::SIGINT, 130, "SIGINT"), (libc::SIGTERM, 143, "SIGTERM")] {
         let run = dir.path().join(name);
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-            .args(["train", "p.yaml", "--quiet", "--run-dir", name])
-            .current_dir(dir.path())
-            .env_remove("RANK")
-            .env_remove("WORLD_SIZE")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_train(dir.path(), &["--run-dir", name], std::process::Stdio::piped());
         // Once a few steps are logged.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
         let logged =
@@ -564,18 +563,11 @@ fn a_run_killed_at_random_moments_resumes_exactly() {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let (mut kills, mut torn) = (0, 0);
     loop {
-        let mut args = vec!["train", "p.yaml", "--quiet", "--run-dir", "killed"];
+        let mut args = vec!["--run-dir", "killed"];
         if run.exists() {
             args.push("--resume");
         }
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-            .args(&args)
-            .current_dir(dir.path())
-            .env_remove("RANK")
-            .env_remove("WORLD_SIZE")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_train(dir.path(), &args, std::process::Stdio::null());
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
