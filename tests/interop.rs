@@ -120,3 +120,116 @@ print("ok: image export", len(ds))
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("ok: image export 12"), "{}", stdout(&o));
 }
+
+/// The Python that has torch and transformers: `PRETEXT_TORCH_PYTHON`, else python3. `.ci/run`
+/// installs CPU PyTorch and sets `PRETEXT_REQUIRE_TORCH=1`, so there this test cannot skip.
+fn torch_python() -> Option<String> {
+    let python = std::env::var("PRETEXT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ready = Command::new(&python)
+        .args(["-c", "import torch, transformers, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ready {
+        assert!(
+            std::env::var_os("PRETEXT_REQUIRE_TORCH").is_none(),
+            "torch/transformers are required here but not importable by {python}"
+        );
+        eprintln!("skipped: {python} cannot import torch and transformers (pip install torch transformers)");
+    }
+    ready.then_some(python)
+}
+
+/// Trains a tiny model for `task` (`name: { settings }`) for 3 steps in `dir/run`.
+fn tiny_run(dir: &std::path::Path, task: &str, model: &str, tokenizer: &str) -> std::path::PathBuf {
+    write_parquet(&dir.join("data/a.parquet"), &documents(200, 5));
+    let p = pipeline(
+        dir,
+        "p.yaml",
+        &format!(
+            "name: m\nsource: {{ path: data, key_column: id }}\ntokenizer: {tokenizer}\ntask: {{ {task} }}\n\
+             stream: {{ batch_size: 8 }}\n\
+             train:\n  model: {{ {model}: {{ layers: 2, hidden: 32, heads: 4, ffn: 48, dropout: 0.1 }} }}\n\
+             \x20 steps: 3\n  schedule: {{ warmup_steps: 1 }}\n  device: cpu\n"
+        ),
+    );
+    let o = pretext(&["train", p.to_str().unwrap(), "--run-dir", "run", "--quiet"], dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join("run")
+}
+
+/// `pretext export-model` writes BERT and GPT-2 directories that `transformers` loads with no
+/// missing or unexpected keys and that compute pretext's logits; the directory `transformers`
+/// saves again starts a pretext run (`train.init_from`) with exactly those weights.
+#[test]
+fn transformers_loads_exported_models_and_pretext_starts_from_them() {
+    let Some(python) = torch_python() else { return };
+    let cases = [
+        ("mlm", "mlm: { seq_len: 24 }", "encoder", "{ train: { vocab_size: 300 } }", "mlm"),
+        ("causal", "causal: { seq_len: 24 }", "decoder", "{ bytes: {} }", "causal"),
+        ("contrastive_text", "contrastive_text: { seq_len: 24, identical: true }", "encoder", "{ bytes: {} }", "bare"),
+    ];
+    for (task, spec, model, tokenizer, kind) in cases {
+        let t = tempdir();
+        let run = tiny_run(t.path(), spec, model, tokenizer);
+        let o = pretext(&["export-model", "run", "--to", "hf"], t.path());
+        assert!(o.status.success(), "{task}: {}", stderr(&o));
+        assert!(stdout(&o).contains("wrote `hf` as a `transformers`"), "{}", stdout(&o));
+
+        // pretext's logits and tokens for the check.
+        let loaded = pretext::cli::export_model::load(&run, None).unwrap();
+        let vocab = loaded.plan.tokenizer.vocab_size;
+        let ids: Vec<u32> = (0..20u32).map(|i| (i * 37 + 5) % (vocab - 3) + 3).collect();
+        let logits =
+            if kind == "bare" { vec![] } else { pretext::train::hf::logits(&loaded.trainer.model, &ids).unwrap() };
+        let text = "alpha river stone quiet morning";
+        let mut enc = pretext::tokenize::Encoded::default();
+        loaded.plan.tokenizer.encode_framed(text, loaded.plan.framing, None, false, &mut enc).unwrap();
+        let resave = t.path().join("resaved");
+        let check = serde_json::json!({
+            "ids": ids, "logits": logits, "text": text, "text_ids": enc.ids, "resave": resave,
+        });
+        std::fs::write(t.path().join("check.json"), check.to_string()).unwrap();
+        let script = repo().join("tests/interop/check_model.py");
+        let o = Command::new(&python)
+            .arg(&script)
+            .args([t.path().join("hf"), kind.into(), t.path().join("check.json")])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HOME", t.path().join("hf-home"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{task}: {}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("ok: "), "{}", stdout(&o));
+        eprintln!("{task}: {}", stdout(&o).trim());
+
+        // A new run from what transformers saved starts with the same weights.
+        let o = pretext(
+            &["train", "p.yaml", "--run-dir", "again", "--set", &format!("train.init_from={}", resave.display())],
+            t.path(),
+        );
+        assert!(o.status.success(), "{task}: {}", stderr(&o));
+        assert!(stderr(&o).contains("initialised"), "{}", stderr(&o));
+        let pipeline = pretext::load_pipeline(&t.path().join("p.yaml"), &[]).unwrap();
+        let rt = pretext::cli::runtime().unwrap();
+        let build =
+            pretext::plan::BuildOptions { tokenizer_dir: Some(run.clone()), reuse_tokenizer: true, check_only: false };
+        let plan = rt.block_on(pretext::plan::Plan::build(pipeline, &build)).unwrap();
+        let cfg = pretext::train::settings(&plan);
+        let fresh = pretext::train::Trainer::new(&plan, &cfg, &candle_core::Device::Cpu).unwrap();
+        let family = pretext::train::hf::Family::of(&fresh.model, task).unwrap();
+        pretext::train::hf::load_pretrained(&fresh.model, family, &resave).unwrap();
+        if kind != "bare" {
+            assert_eq!(pretext::train::hf::logits(&fresh.model, &ids).unwrap(), logits, "{task}");
+        }
+        for (name, var, _) in loaded.trainer.model.params.vars() {
+            // The heads transformers' class has no place for start fresh.
+            if (kind == "mlm" && name.starts_with("bert.pooler.")) || (kind == "bare" && name.starts_with("cls.")) {
+                continue;
+            }
+            let theirs = fresh.model.params.vars().find(|(n, _, _)| *n == name).unwrap().1;
+            let a = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = theirs.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a, b, "{task}: `{name}` after the round trip");
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! The command line: one file per command.
 
 mod export;
+pub mod export_model;
 mod plot;
 mod preview;
 mod probe;
+pub mod saved;
 mod schema;
 mod train;
 mod validate;
@@ -100,6 +102,18 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Write a run's text model as a HuggingFace `transformers` model directory (config.json,
+    /// model.safetensors, tokenizer): BERT for mlm and contrastive_text, GPT-2 for causal.
+    ExportModel {
+        /// The run directory (`runs/<name>`).
+        run_dir: PathBuf,
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        to: PathBuf,
+        /// The checkpoint of this step (default: the newest).
+        #[arg(long)]
+        step: Option<u64>,
+    },
     /// Print the JSON Schema of pipeline files, or write it (and the task output schemas).
     Schema {
         /// Write `pipeline.schema.json` and `tasks/*.json` into the schemas directory.
@@ -126,6 +140,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Probe { run_dir, label_column, max_rows, sets } => {
             probe::run(&run_dir, label_column.as_deref(), max_rows, &sets)
         }
+        Command::ExportModel { run_dir, to, step } => export_model::run(&run_dir, &to, step),
         Command::Schema { write, dir } => schema::run(write, &dir),
     }
 }

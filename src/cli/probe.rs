@@ -19,26 +19,11 @@ const MAX_CLASSES: usize = 1000;
 /// Fits a linear probe on the frozen encoder of the run in `run_dir` and reports its held-out
 /// accuracy next to the same encoder at initialisation and the majority class.
 pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[String]) -> Result<i32> {
-    let saved = run_dir.join("pipeline.json");
-    let text = std::fs::read_to_string(&saved).map_err(|e| {
-        Error::env_hint(
-            format!("cannot read `{}`: {e}", saved.display()),
-            "point at a run directory written by `pretext train` (it saves the pipeline it ran as pipeline.json)",
-        )
-    })?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::data(format!("`{}`: {e}", saved.display())))?;
-    let base_dir = doc["base_dir"].as_str().map(std::path::PathBuf::from).unwrap_or_else(|| ".".into());
-    let pipeline_text = serde_json::to_string(&doc["pipeline"]).map_err(|e| Error::internal(e.to_string()))?;
-    let (_, checkpoint_dir) = checkpoint::list(run_dir)?.pop().ok_or_else(|| {
-        Error::env_hint(
-            format!("`{}` holds no checkpoint", run_dir.display()),
-            "train first: `pretext train <pipeline>`",
-        )
-    })?;
+    let saved = super::saved::SavedRun::open(run_dir)?;
+    let checkpoint_dir = saved.checkpoint(None)?;
 
     // Probe on plain images: no random crops, flips or colour changes.
-    let task: serde_json::Value = doc["pipeline"]["task"].clone();
+    let task = saved.section("task");
     let mut overrides = vec!["stream.epochs=1".to_string()];
     if task.get("contrastive_image").is_some() {
         overrides.push("task.contrastive_image.augment={crop: {scale: [1.0, 1.0], ratio: [1.0, 1.0]}, flip: 0.0, color_jitter: {p: 0.0}, grayscale: 0.0, blur: {p: 0.0}, solarize: {p: 0.0}}".into());
@@ -51,8 +36,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
         overrides.push(format!("source.label_column={col}"));
     }
     overrides.extend(sets.iter().cloned());
-    let name = saved.display().to_string();
-    let pipeline = crate::spec::load_str(&pipeline_text, &name, base_dir, &overrides).map_err(Error::Spec)?;
+    let pipeline = saved.pipeline(&overrides)?;
     if pipeline.spec.task.input() == TaskInput::Text {
         return Err(Error::env_hint(
             format!("task `{}` reads text, which carries no label column to probe", pipeline.spec.task_name()),

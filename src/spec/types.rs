@@ -1092,6 +1092,13 @@ pub struct TrainSpec {
     /// Held-out evaluation on a deterministic split of the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSpec>,
+    /// Start from the weights of a HuggingFace `transformers` model directory (or a
+    /// `.safetensors` file) instead of a random initialisation: a BERT checkpoint for the
+    /// `encoder`, a GPT-2 one for the `decoder`, of the sizes `model` gives (a longer position
+    /// table is cut to `seq_len`; a head the checkpoint lacks starts fresh). Relative to the
+    /// pipeline file. Applies when a run starts, not when it resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
 }
 
 fn default_steps() -> u64 {

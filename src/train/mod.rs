@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod collapse;
+pub mod hf;
 pub mod metrics;
 pub mod models;
 pub mod nn;
@@ -426,6 +427,15 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         (false, _) => checkpoint::check_run_dir(&run_dir, false)?,
     }
     let start_step = state.step;
+    // A fresh run may start from a `transformers` checkpoint.
+    if let (0, Some(from)) = (start_step, &cfg.init_from) {
+        let from = plan.pipeline.resolve_path(from);
+        let family = hf::Family::of(&trainer.model, plan.pipeline.spec.task_name())?;
+        let line = hf::load_pretrained(&trainer.model, family, &from)?;
+        if opts.progress_bar || opts.log_lines {
+            eprintln!("{line}");
+        }
+    }
     // The pipeline as run, for `pretext probe`.
     let base_dir = std::fs::canonicalize(&plan.pipeline.base_dir).unwrap_or_else(|_| plan.pipeline.base_dir.clone());
     let saved = serde_json::json!({

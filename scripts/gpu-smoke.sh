@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# scripts/gpu-smoke.sh -- the GPU run book: trains with a prebuilt CUDA `pretext` on this machine's
+# GPU and reports whether the GPU did the work and whether it waited for data.
+#
+#   scripts/gpu-smoke.sh PRETEXT_BINARY [STEPS]
+#
+# Needs: an NVIDIA driver (nvidia-smi), the CUDA 13 libraries the binary links (see
+# scripts/cuda-env.sh: LD_LIBRARY_PATH must reach libcudart.so.13, libcublas.so.13,
+# libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13), and this repository's pipelines/ and data/.
+# No Rust. Build the binary elsewhere with `source scripts/cuda-env.sh` and
+# `cargo build --release --features cuda`.
+#
+# Two runs on cuda:0:
+#   1. quickstart: the built-in BERT MLM pipeline as it is (2 layers, hidden 128);
+#   2. encoder:    the same corpus through an encoder of 6 layers, hidden 512, seq_len 128 (the
+#                  size whose data wait should stay under 1%), for STEPS steps (default 300).
+# For each: device, tokens/s, data-wait share, peak GPU memory (nvidia-smi, sampled every
+# 100 ms) and the loss at the end. Exits non-zero when a run failed or did not train on the GPU.
+set -euo pipefail
+
+bin=${1:?usage: gpu-smoke.sh PRETEXT_BINARY [STEPS]}
+steps=${2:-300}
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
+  echo "FAIL: no NVIDIA GPU here (nvidia-smi finds none)" >&2
+  exit 1
+fi
+nvidia-smi -L
+
+status=0
+run() { # name, extra --set arguments...
+  local name=$1
+  shift
+  local log="$work/$name.log" mem="$work/$name.mem"
+  # Peak memory: sample the GPU's used memory while the run lives.
+  (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 >> "$mem" 2>/dev/null; sleep 0.1; done) &
+  local sampler=$!
+  local before
+  before=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -1)
+  set +e
+  "$bin" train pipelines/quickstart.yaml --run-dir "$work/$name" --quiet \
+    --set train.device=cuda:0 --set "train.checkpoint.dir=$work/$name" "$@" > "$log" 2>&1
+  local rc=$?
+  set -e
+  kill "$sampler" 2> /dev/null || true
+  wait "$sampler" 2> /dev/null || true
+  local peak
+  peak=$(sort -n "$mem" 2> /dev/null | tail -1)
+  echo "== $name"
+  if [ $rc -ne 0 ]; then
+    echo "FAIL: exit code $rc"
+    cat "$log"
+    status=1
+    return
+  fi
+  # The summary line: "trained steps A..B of N on DEVICE in Ts: loss X → Y; R tokens/s; waited for data P% of the time"
+  local summary
+  summary=$(grep -m1 '^trained steps' "$log" || true)
+  echo "$summary"
+  echo "peak GPU memory: ${peak:-?} MiB (${before} MiB before the run)"
+  tail -1 "$work/$name/metrics.jsonl" 2> /dev/null | sed 's/^/last metrics: /'
+  case "$summary" in
+    *" on cuda"*) ;;
+    *) echo "FAIL: the run did not train on the GPU"; status=1 ;;
+  esac
+  if [ -n "$peak" ] && [ -n "$before" ] && [ "$peak" -le "$before" ]; then
+    echo "FAIL: GPU memory never rose above its level before the run"
+    status=1
+  fi
+}
+
+run quickstart
+run encoder \
+  --set "train.model={encoder: {layers: 6, hidden: 512, heads: 8, ffn: 2048, dropout: 0.1}}" \
+  --set "train.steps=$steps" --set train.batch_size=64 --set train.prefetch=8 \
+  --set "train.checkpoint.every_steps=$steps" --set train.eval=null
+exit $status
