@@ -1056,7 +1056,8 @@ pub struct TrainSpec {
     /// `auto` (CUDA when built with `--features cuda` and a GPU is present, else CPU), `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Parameter and activation type: `f32`, or `bf16` on CUDA.
+    /// Parameter and activation type: `f32`, or `bf16` on CUDA (bf16 weights and activations,
+    /// f32 master weights in the optimizer, losses in f32).
     #[serde(default)]
     pub dtype: DTypeSpec,
     /// Ready batches queued between the pipeline and the trainer.

@@ -171,25 +171,24 @@ pub struct StepOutcome {
 impl Trainer {
     /// A freshly initialised model for `plan`'s task on `device`.
     pub fn new(plan: &Plan, cfg: &TrainSpec, device: &Device) -> Result<Trainer> {
-        let kind = TaskKind::of(&plan.pipeline.spec.task);
-        let spec = cfg.model.clone().unwrap_or_else(|| default_model(&plan.pipeline.spec.task));
         let dtype = match cfg.dtype {
             DTypeSpec::F32 => DType::F32,
-            // Updates applied to bf16 weights round away (a norm scale near 1.0 moves in steps of
-            // 0.0078), so bf16 needs f32 master weights, which this trainer does not keep yet.
-            DTypeSpec::Bf16 if device.is_cuda() => {
-                return Err(Error::env_hint(
-                    "`train.dtype: bf16` is not supported yet: the trainer keeps no f32 master weights, so bf16 updates would round away",
-                    "use `dtype: f32`",
-                ))
-            }
+            // bf16 weights and activations, f32 master weights in the optimizer, losses in f32.
+            DTypeSpec::Bf16 if device.is_cuda() => DType::BF16,
             DTypeSpec::Bf16 => {
                 return Err(Error::env_hint(
                     "`train.dtype: bf16` needs a CUDA device, and training runs on the CPU",
-                    "use `dtype: f32`, or `device: cuda:0` with a CUDA build",
+                    "use `dtype: f32` (on the CPU it is the faster one), or `device: cuda:0` with a CUDA build",
                 ))
             }
         };
+        Self::with_dtype(plan, cfg, device, dtype)
+    }
+
+    /// [`Trainer::new`] with the parameter type given (`BF16` on the CPU too, for tests).
+    pub fn with_dtype(plan: &Plan, cfg: &TrainSpec, device: &Device, dtype: DType) -> Result<Trainer> {
+        let kind = TaskKind::of(&plan.pipeline.spec.task);
+        let spec = cfg.model.clone().unwrap_or_else(|| default_model(&plan.pipeline.spec.task));
         let task = &plan.pipeline.spec.task;
         // The models of image and table tasks take their sizes from the task.
         let (vocab, max_len) = match task {
@@ -432,6 +431,7 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         let from = plan.pipeline.resolve_path(from);
         let family = hf::Family::of(&trainer.model, plan.pipeline.spec.task_name())?;
         let line = hf::load_pretrained(&trainer.model, family, &from)?;
+        trainer.opt.sync_masters(&trainer.model.params)?;
         if opts.progress_bar || opts.log_lines {
             eprintln!("{line}");
         }
