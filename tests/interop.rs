@@ -217,7 +217,7 @@ fn transformers_loads_exported_models_and_pretext_starts_from_them() {
         let cfg = pretext::train::settings(&plan);
         let fresh = pretext::train::Trainer::new(&plan, &cfg, &candle_core::Device::Cpu).unwrap();
         let family = pretext::train::hf::Family::of(&fresh.model, task).unwrap();
-        pretext::train::hf::load_pretrained(&fresh.model, family, &resave).unwrap();
+        pretext::train::hf::load_pretrained(&fresh.model, family, 4, &resave).unwrap();
         if kind != "bare" {
             assert_eq!(pretext::train::hf::logits(&fresh.model, &ids).unwrap(), logits, "{task}");
         }

@@ -35,7 +35,8 @@ pub fn load(run_dir: &Path, step: Option<u64>) -> Result<Loaded> {
     let build = BuildOptions { tokenizer_dir: Some(run_dir.to_path_buf()), reuse_tokenizer: true, check_only: false };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;
     let cfg = settings(&plan);
-    let trainer = Trainer::new(&plan, &cfg, &candle_core::Device::Cpu)?;
+    // On the CPU in f32, whatever the run trained in (bf16 weights load converted).
+    let trainer = Trainer::with_dtype(&plan, &cfg, &candle_core::Device::Cpu, candle_core::DType::F32)?;
     trainer.model.params.load(&checkpoint.join("model.safetensors"))?;
     let family = Family::of(&trainer.model, &task)?;
     let spec = cfg.model.clone().unwrap_or_else(|| default_model(&plan.pipeline.spec.task));
@@ -52,6 +53,13 @@ pub fn run(run_dir: &Path, to: &Path, step: Option<u64>) -> Result<i32> {
         specials: plan.tokenizer.specials.clone(),
     };
     let out = hf::export(&loaded.trainer.model, loaded.family, &shape, plan.tokenizer_file.as_deref(), to)?;
+    if let ModelSpec::Encoder(e) = &loaded.spec {
+        if out.family == Family::Bert && e.pooling == crate::spec::Pooling::Mean {
+            eprintln!(
+                "note: the run pools by the mean over real tokens, BertModel's `pooler_output` by the first token: for pretext's embedding, average `last_hidden_state` over `attention_mask`, then apply `model.pooler.dense` and tanh"
+            );
+        }
+    }
     println!(
         "wrote `{}` as a `transformers` {} ({} tensors, {} parameters) from `{}`",
         to.display(),

@@ -54,9 +54,10 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
     let plan = rt.block_on(Plan::build(pipeline, &BuildOptions::default()))?;
     let cfg = settings(&plan);
     let device = candle_core::Device::Cpu;
-    let trained = Trainer::new(&plan, &cfg, &device)?;
+    // In f32, whatever the run trained in (bf16 weights load converted).
+    let trained = Trainer::with_dtype(&plan, &cfg, &device, candle_core::DType::F32)?;
     trained.model.params.load(&checkpoint_dir.join("model.safetensors"))?;
-    let initial = Trainer::new(&plan, &cfg, &device)?;
+    let initial = Trainer::with_dtype(&plan, &cfg, &device, candle_core::DType::F32)?;
 
     let classes = std::cell::RefCell::new(std::collections::BTreeMap::<i64, usize>::new());
     let collect = |split: Split| -> Result<(Labelled, Labelled)> {

@@ -256,6 +256,11 @@ impl Values {
     fn inflate_v1(&mut self, src: &[u8], len: usize, levels: &mut Vec<u8>) -> parquet::errors::Result<bool> {
         let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(src) else { return Ok(false) };
         let Some(lv) = usize::try_from(size).ok().and_then(|s| s.checked_sub(len)) else { return Ok(false) };
+        // The size is read from the frame, not trusted: levels longer than any encoding of these
+        // values' levels are for the general path (which bounds what it decompresses).
+        if lv > level_bound(len) {
+            return Ok(false);
+        }
         self.alloc(lv);
         let end = self.buf.len();
         if lv > end || end + len > self.buf.capacity() {
@@ -291,6 +296,13 @@ impl Values {
             Buffer::from_slice_ref(buf.as_slice())
         }
     }
+}
+
+/// The most bytes the repetition and definition levels of a version 1 page with `len` value
+/// bytes can take: both sections' lengths, and per level at worst a byte and a run header
+/// (values are at least 4 bytes wide).
+fn level_bound(len: usize) -> usize {
+    8 + 2 * (len / 4 + 16)
 }
 
 /// Repetition then definition levels of a version 1 page, each after its 4-byte length: the
@@ -358,9 +370,14 @@ pub fn decode(
                 } else if values.inflate_v1(buf, len, &mut levels)? {
                     (&levels, true)
                 } else {
-                    // A frame that does not state its size: decompressed aside.
+                    // A frame that does not state its size: decompressed aside, at most what a
+                    // page of these values can hold (more is not a flat page).
                     scratch.clear();
-                    zstd::stream::copy_decode(&buf[..], &mut scratch)?;
+                    let limit = (len + level_bound(len) + 1) as u64;
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(zstd::stream::read::Decoder::new(&buf[..])?, limit),
+                        &mut scratch,
+                    )?;
                     (&scratch, false)
                 };
                 let Some((rep, header)) = v1_levels(page, size) else { return Ok(None) };

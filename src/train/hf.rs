@@ -106,7 +106,7 @@ fn config(family: Family, s: &BlockSizes, shape: &Shape) -> Value {
             "type_vocab_size": 2,
             "initializer_range": 0.02,
             "layer_norm_eps": 1e-12,
-            "pad_token_id": sp.pad.unwrap_or(0),
+            "pad_token_id": sp.pad,
             "position_embedding_type": "absolute",
             "tie_word_embeddings": true,
             "torch_dtype": "float32",
@@ -271,24 +271,39 @@ fn pretext_name(family: Family, name: &str) -> Option<String> {
 }
 
 /// Loads the weights of the `transformers` model directory (or safetensors file) `from` into
-/// `model`, whose sizes must match: every tensor of the model must be there with its shape,
-/// except a position table may be longer (its first rows are taken: a 512-position BERT
-/// starts a 128-token model) and a head the checkpoint's class lacks (BERT's pooler or MLM
-/// head) keeps its fresh initialisation. Returns a line saying what was loaded.
-pub fn load_pretrained(model: &Model, family: Family, from: &Path) -> Result<String> {
+/// `model` (with `heads` attention heads), whose layout must match: every tensor of the model
+/// must be there with its shape, except that a position table may be longer (its first rows are
+/// taken: a 512-position BERT starts a 128-token model) and a head the checkpoint's class lacks
+/// (BERT's pooler or MLM head, whole) keeps its fresh initialisation. A `config.json` beside the
+/// weights must agree on what shapes do not show: heads, activation, untied output head. Nothing
+/// is set unless everything fits. Returns a line saying what was loaded.
+pub fn load_pretrained(model: &Model, family: Family, heads: usize, from: &Path) -> Result<String> {
     let file = weights_file(from)?;
+    if let Some(dir) = file.parent() {
+        check_config(&dir.join("config.json"), family, heads)?;
+    }
     let found = read_safetensors(&file, &Device::Cpu)?;
-    let mut mapped: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut mapped: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
     for (name, t) in found {
         if let Some(p) = pretext_name(family, &name) {
-            mapped.insert(p, t);
+            if let Some((first, _)) = mapped.get(&p) {
+                return Err(Error::data(format!(
+                    "`{}` holds both `{first}` and `{name}`, which are the same tensor (`{p}`)",
+                    file.display()
+                )));
+            }
+            mapped.insert(p, (name, t));
         }
     }
     let wanted: BTreeMap<&str, &candle_core::Var> = model.params.vars().map(|(n, v, _)| (n, v)).collect();
-    let unexpected: Vec<&String> = mapped.keys().filter(|k| !wanted.contains_key(k.as_str())).collect();
-    let optional = |n: &str| n.starts_with("bert.pooler.") || n.starts_with("cls.predictions.");
-    let missing: Vec<&str> = wanted.keys().copied().filter(|k| !mapped.contains_key(*k) && !optional(k)).collect();
-    let show = |v: Vec<String>| v.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+    let unexpected: Vec<String> =
+        mapped.iter().filter(|(p, _)| !wanted.contains_key(p.as_str())).map(|(_, (n, _))| n.clone()).collect();
+    // A head the checkpoint's class has no place for may be absent, but only as a whole.
+    let heads_of = ["bert.pooler.", "cls.predictions."];
+    let absent_head = |n: &str| heads_of.iter().any(|h| n.starts_with(h) && !mapped.keys().any(|k| k.starts_with(h)));
+    let missing: Vec<String> =
+        wanted.keys().filter(|k| !mapped.contains_key(**k) && !absent_head(k)).map(|k| k.to_string()).collect();
+    let show = |v: &[String]| v.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
     if !missing.is_empty() || !unexpected.is_empty() {
         return Err(Error::data_hint(
             format!(
@@ -296,17 +311,18 @@ pub fn load_pretrained(model: &Model, family: Family, from: &Path) -> Result<Str
                 file.display(),
                 family.class(),
                 missing.len(),
-                show(missing.iter().map(|s| s.to_string()).collect()),
+                show(&missing),
                 unexpected.len(),
-                show(unexpected.iter().map(|s| s.to_string()).collect()),
+                show(&unexpected),
             ),
             "set `train.model` to the checkpoint's architecture (layers, hidden, heads, ffn), or start without `train.init_from`",
         ));
     }
-    let mut loaded = 0usize;
+    // Every shape is checked before anything is set.
+    let mut plan: Vec<(&candle_core::Var, Tensor)> = Vec::new();
     let mut fresh = Vec::new();
     for (name, var) in &wanted {
-        let Some(t) = mapped.get(*name) else {
+        let Some((_, t)) = mapped.get(*name) else {
             fresh.push(name.to_string());
             continue;
         };
@@ -324,8 +340,11 @@ pub fn load_pretrained(model: &Model, family: Family, from: &Path) -> Result<Str
                 "set `train.model` and the tokenizer to the checkpoint's (vocabulary size, hidden size, ffn), or start without `train.init_from`",
             ));
         }
+        plan.push((var, t));
+    }
+    let loaded = plan.len();
+    for (var, t) in plan {
         var.set(&t.to_dtype(var.dtype()).and_then(|t| t.to_device(var.device())).map_err(ce)?).map_err(ce)?;
-        loaded += 1;
     }
     let mut line = format!("initialised {loaded} tensors from `{}`", file.display());
     if !fresh.is_empty() {
@@ -335,6 +354,47 @@ pub fn load_pretrained(model: &Model, family: Family, from: &Path) -> Result<Str
         line += &format!("; the {} tensors of {heads} start fresh (the checkpoint has none)", fresh.len());
     }
     Ok(line)
+}
+
+/// Refuses a `config.json` (when there is one) that describes another model than `family` with
+/// `heads` heads in what the tensor shapes do not show.
+fn check_config(path: &Path, family: Family, heads: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let cfg: Value =
+        serde_json::from_str(&text).map_err(|e| Error::data(format!("`{}` is not JSON: {e}", path.display())))?;
+    let get = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    let mut wrong = Vec::new();
+    let (model_type, heads_key, act_key, acts): (&str, &str, &str, &[&str]) = match family {
+        Family::BertMlm | Family::Bert => ("bert", "num_attention_heads", "hidden_act", &["gelu"]),
+        Family::Gpt2 => ("gpt2", "n_head", "activation_function", &["gelu_new", "gelu_pytorch_tanh"]),
+    };
+    if let Some(t) = get("model_type").and_then(Value::as_str).filter(|t| *t != model_type) {
+        wrong.push(format!("model_type is `{t}`, not `{model_type}`"));
+    }
+    if let Some(n) = get(heads_key).and_then(Value::as_u64).filter(|&n| n as usize != heads && heads > 0) {
+        wrong.push(format!("{heads_key} is {n}, the model has {heads} heads"));
+    }
+    if let Some(a) = get(act_key).and_then(Value::as_str).filter(|a| !acts.contains(a)) {
+        wrong.push(format!("{act_key} is `{a}`, the model computes `{}`", acts[0]));
+    }
+    if get("tie_word_embeddings").and_then(Value::as_bool) == Some(false) {
+        wrong.push("tie_word_embeddings is false: its output head is not the embeddings, as the model's is".into());
+    }
+    if family == Family::Gpt2 && get("scale_attn_by_inverse_layer_idx").and_then(Value::as_bool) == Some(true) {
+        wrong.push("scale_attn_by_inverse_layer_idx is true".into());
+    }
+    if matches!(family, Family::BertMlm | Family::Bert)
+        && get("position_embedding_type").and_then(Value::as_str).is_some_and(|t| t != "absolute")
+    {
+        wrong.push("position_embedding_type is not `absolute`".into());
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(Error::data_hint(
+        format!("`{}` describes another model: {}", path.display(), wrong.join("; ")),
+        "set `train.model` to match the checkpoint, or start without `train.init_from`",
+    ))
 }
 
 /// `from/model.safetensors`, or `from` itself when it is a file.
@@ -407,7 +467,7 @@ mod tests {
             ],
         );
         let target = decoder(2, 12);
-        let line = load_pretrained(&target, Family::Gpt2, dir.path()).unwrap();
+        let line = load_pretrained(&target, Family::Gpt2, 2, dir.path()).unwrap();
         assert!(line.starts_with("initialised 28 tensors"), "{line}");
         let got = target.params.vars().find(|(n, _, _)| *n == "transformer.wpe.weight").unwrap().1.as_tensor().clone();
         let want = wpe.narrow(0, 0, 12).unwrap();
@@ -436,7 +496,17 @@ mod tests {
             vec![],
         );
         let target = make(2);
-        let line = load_pretrained(&target, Family::BertMlm, dir.path()).unwrap();
+        // Half an MLM head is refused: a head is there whole or not at all.
+        let half = tempfile::tempdir().unwrap();
+        save(
+            &source,
+            half.path(),
+            |n| (!n.starts_with("cls.predictions.transform.dense")).then(|| n.to_string()),
+            vec![],
+        );
+        let err = load_pretrained(&target, Family::BertMlm, 2, half.path()).unwrap_err().to_string();
+        assert!(err.contains("2 tensor(s) missing") && err.contains("cls.predictions.transform.dense"), "{err}");
+        let line = load_pretrained(&target, Family::BertMlm, 2, dir.path()).unwrap();
         assert!(line.contains("; the 5 tensors of the MLM head start fresh"), "{line}");
         for (name, var, _) in source.params.vars().filter(|(n, _, _)| n.starts_with("bert.")) {
             let theirs = target.params.vars().find(|(n, _, _)| *n == name).unwrap().1;
@@ -453,18 +523,38 @@ mod tests {
         let wider =
             Model::new(&ModelSpec::Decoder(sizes()), TaskKind::Causal, 60, 12, None, 3, &Device::Cpu, DType::F32)
                 .unwrap();
-        let err = load_pretrained(&wider, Family::Gpt2, dir.path()).unwrap_err().to_string();
+        let err = load_pretrained(&wider, Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
         assert!(err.contains("`transformer.wte.weight` has shape [50, 16], the model expects [60, 16]"), "{err}");
         // A layer the checkpoint lacks, and one it has too many of.
         save(&source, dir.path(), |n| (!n.starts_with("transformer.h.1.")).then(|| n.to_string()), vec![]);
-        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, dir.path()).unwrap_err().to_string();
+        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
         assert!(err.contains("12 tensor(s) missing") && err.contains("transformer.h.1."), "{err}");
         save(&source, dir.path(), |n| Some(n.replace("transformer.h.1.", "transformer.h.7.")), vec![]);
-        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, dir.path()).unwrap_err().to_string();
+        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
         assert!(err.contains("unexpected") && err.contains("transformer.h.7."), "{err}");
+        // Two names for one tensor.
+        let wte = source.params.vars().find(|(n, _, _)| *n == "transformer.wte.weight").unwrap().1.as_tensor().clone();
+        save(&source, dir.path(), |n| Some(n.to_string()), vec![("wte.weight", wte)]);
+        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("holds both `transformer.wte.weight` and `wte.weight`"), "{err}");
+        // What the shapes do not show, from config.json: heads, activation, an untied head.
+        save(&source, dir.path(), |n| Some(n.to_string()), vec![]);
+        let config = dir.path().join("config.json");
+        std::fs::write(&config, r#"{"model_type": "gpt2", "n_head": 4, "activation_function": "relu"}"#).unwrap();
+        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("n_head is 4, the model has 2 heads") && err.contains("activation_function is `relu`"),
+            "{err}"
+        );
+        std::fs::write(&config, r#"{"model_type": "gpt2", "n_head": 2, "tie_word_embeddings": false}"#).unwrap();
+        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tie_word_embeddings is false"), "{err}");
+        std::fs::write(&config, r#"{"model_type": "gpt2", "n_head": 2, "activation_function": "gelu_new"}"#).unwrap();
+        load_pretrained(&decoder(2, 12), Family::Gpt2, 2, dir.path()).unwrap();
+        std::fs::remove_file(&config).unwrap();
         // No weights at all.
         let empty = tempfile::tempdir().unwrap();
-        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, empty.path()).unwrap_err().to_string();
+        let err = load_pretrained(&decoder(2, 12), Family::Gpt2, 2, empty.path()).unwrap_err().to_string();
         assert!(err.contains("holds no model.safetensors"), "{err}");
     }
 }

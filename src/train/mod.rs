@@ -174,6 +174,12 @@ impl Trainer {
         let dtype = match cfg.dtype {
             DTypeSpec::F32 => DType::F32,
             // bf16 weights and activations, f32 master weights in the optimizer, losses in f32.
+            // BYOL's target moves by (1 − τ) ≈ 0.004 of the difference per step, which bf16
+            // rounds away, and frozen parameters have no master copy.
+            DTypeSpec::Bf16 if cfg.byol.is_some() => return Err(Error::env_hint(
+                "`train.dtype: bf16` with `train.byol`: the target network's small EMA steps would round away in bf16",
+                "use `dtype: f32` for BYOL",
+            )),
             DTypeSpec::Bf16 if device.is_cuda() => DType::BF16,
             DTypeSpec::Bf16 => {
                 return Err(Error::env_hint(
@@ -430,7 +436,8 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
     if let (0, Some(from)) = (start_step, &cfg.init_from) {
         let from = plan.pipeline.resolve_path(from);
         let family = hf::Family::of(&trainer.model, plan.pipeline.spec.task_name())?;
-        let line = hf::load_pretrained(&trainer.model, family, &from)?;
+        let heads = cfg.model.as_ref().unwrap_or(&default_model(&plan.pipeline.spec.task)).sizes().map(|s| s.heads);
+        let line = hf::load_pretrained(&trainer.model, family, heads.unwrap_or(0) as usize, &from)?;
         trainer.opt.sync_masters(&trainer.model.params)?;
         if opts.progress_bar || opts.log_lines {
             eprintln!("{line}");
