@@ -6,15 +6,19 @@
 #   # -> $HOME/.cache/pretext-cuda/target/release/pretext, for scripts/gpu-smoke.sh on a GPU machine
 #
 # A separate target directory keeps the CPU build's artifacts (and its `pretext` binary) apart.
-# A cold release build takes 7-8 minutes on 2 cores, about 5 of them in nvcc compiling
-# candle's kernels; the wheels take about 1.2 GB unpacked in $CUDA_BUILD_DIR.
+# The wheels take about 1.2 GB unpacked in $CUDA_BUILD_DIR (24 s to install here). A cold release
+# build of pretext with `--features cuda` took 80 minutes of wall time on 2 cores shared with a
+# test run (120 CPU-minutes; candle's kernels in nvcc are a small part, the rest is the whole
+# dependency tree built in release); an idle machine and a warm target directory take far less.
 # CUDA_COMPUTE_CAP (default 90: H100 / H200) picks the GPU architecture the kernels are built for.
 #
 # At run time the binary needs the NVIDIA driver (libcuda.so.1) and the CUDA 13 libraries it was
-# linked against: libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and
-# libnvrtc.so.13 (cudarc links them dynamically; the loader finds them through LD_LIBRARY_PATH,
-# e.g. `$CUDA_HOME/lib` of this script, or the `nvidia/cu13/lib` folder of a CUDA 13 PyTorch).
-# A cuda binary does not start without a driver, so the default build stays CPU-only.
+# linked against (its DT_NEEDED, checked with `readelf -d` on a build made here on 2026-11-26):
+# libcudart.so.13, libcublas.so.13 (which loads libcublasLt.so.13) and libcurand.so.10. cudarc
+# links them dynamically; the loader finds them through LD_LIBRARY_PATH, e.g. `$CUDA_HOME/lib`
+# of this script, or the `nvidia/cu13/lib` folder of a CUDA 13 PyTorch. A cuda binary does not
+# start without a driver ("libcuda.so.1: cannot open shared object file"), so the default build
+# stays CPU-only.
 #
 # Why exactly these wheels:
 #  * No CUDA-12 wheel ships nvcc: nvidia-cuda-nvcc-cu12 (12.1 .. 12.9.86) holds only
