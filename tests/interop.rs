@@ -7,21 +7,27 @@ use std::process::Command;
 
 use common::*;
 
-/// Whether python3 has pyarrow and datasets; where CI requires them, their absence fails.
-fn python_ready() -> bool {
-    let ready = Command::new("python3")
-        .args(["-c", "import pyarrow, datasets, numpy"])
+/// Whether `python` imports `modules`; where CI sets `require` (it installs them), their
+/// absence fails the test instead of skipping it.
+fn importable(python: &str, modules: &str, require: &str) -> bool {
+    let ready = Command::new(python)
+        .args(["-c", &format!("import {modules}")])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ready {
         assert!(
-            std::env::var_os("PRETEXT_REQUIRE_INTEROP").is_none(),
-            "pyarrow/datasets are required here but not importable"
+            std::env::var_os(require).is_none(),
+            "{modules} are required here ({require}) but {python} cannot import them"
         );
-        eprintln!("skipped: python3 with pyarrow and datasets is not available (pip install pyarrow datasets)");
+        eprintln!("skipped: {python} cannot import {modules}");
     }
     ready
+}
+
+/// Whether python3 has pyarrow and datasets (`PRETEXT_REQUIRE_INTEROP` in CI).
+fn python_ready() -> bool {
+    importable("python3", "pyarrow, datasets, numpy", "PRETEXT_REQUIRE_INTEROP")
 }
 
 /// Runs python3 offline with `args`, its HuggingFace cache in `dir`.
@@ -125,19 +131,7 @@ print("ok: image export", len(ds))
 /// installs CPU PyTorch and sets `PRETEXT_REQUIRE_TORCH=1`, so there this test cannot skip.
 fn torch_python() -> Option<String> {
     let python = std::env::var("PRETEXT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ready = Command::new(&python)
-        .args(["-c", "import torch, transformers, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ready {
-        assert!(
-            std::env::var_os("PRETEXT_REQUIRE_TORCH").is_none(),
-            "torch/transformers are required here but not importable by {python}"
-        );
-        eprintln!("skipped: {python} cannot import torch and transformers (pip install torch transformers)");
-    }
-    ready.then_some(python)
+    importable(&python, "torch, transformers, numpy", "PRETEXT_REQUIRE_TORCH").then_some(python)
 }
 
 /// Trains a tiny model for `task` (`name: { settings }`) for 3 steps in `dir/run`.

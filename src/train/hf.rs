@@ -137,20 +137,11 @@ fn config(family: Family, s: &BlockSizes, shape: &Shape) -> Value {
     }
 }
 
-/// The text model's sizes (`None`: not a transformer over tokens).
-fn sizes(spec: &ModelSpec) -> Option<BlockSizes> {
-    match spec {
-        ModelSpec::Encoder(e) => Some(e.sizes()),
-        ModelSpec::Decoder(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// Writes `model` into `to` as a `transformers` model directory: `config.json`,
 /// `model.safetensors` (float32) and, when the run used a `tokenizer.json`, that file with a
 /// `tokenizer_config.json` naming its special tokens.
 pub fn export(model: &Model, family: Family, shape: &Shape, tokenizer: Option<&Path>, to: &Path) -> Result<Exported> {
-    let s = sizes(shape.spec).ok_or_else(|| Error::internal("export of a model without transformer sizes"))?;
+    let s = shape.spec.sizes().ok_or_else(|| Error::internal("export of a model without transformer sizes"))?;
     std::fs::create_dir_all(to).map_err(|e| Error::io(to, "create directory", e))?;
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, var, _) in model.params.vars() {
