@@ -84,8 +84,8 @@ fn bench(c: &mut Criterion) {
     // Token count of one export, for the throughput figure.
     let out = scratch.path().join("probe");
     let report = rt.block_on(export(plan.clone(), &ExportOptions::local(out))).unwrap();
-    let texts: Vec<String> = rt.block_on(pretext::plan::sample_texts(&plan.source, usize::MAX)).unwrap();
-    let workers = plan.workers;
+    let texts: Vec<String> = rt.block_on(pretext::plan::sample_texts(plan.source(), usize::MAX)).unwrap();
+    let workers = plan.workers();
 
     let mut g = c.benchmark_group("export");
     g.sample_size(10);
@@ -100,8 +100,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     // The limit: the tokenizer alone on the same texts, same thread count.
-    let tok: TextTokenizer = plan.tokenizer.clone();
-    let framing = plan.framing;
+    let tok: TextTokenizer = plan.tokenizer().clone();
+    let framing = plan.framing();
     let chunks: Vec<Vec<String>> = texts.chunks(texts.len().div_ceil(workers)).map(|c| c.to_vec()).collect();
     // Every chunk on its own thread, as the workers split a pass.
     let tokenize_all = |tok: &TextTokenizer| {

@@ -170,7 +170,7 @@ fn pass(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> u64 {
 
 fn scan_with(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>, shard: Shard, opts: ScanOptions) -> u64 {
     rt.block_on(async {
-        let mut s = plan.source.scan(shard, opts);
+        let mut s = plan.source().scan(shard, opts);
         let mut n = 0;
         while let Some(b) = s.next().await {
             n += b.unwrap().num_rows() as u64;

@@ -7,9 +7,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pretext::spec::MlmSpec;
-use pretext::stream::{tokenized_batch, Packer};
+use pretext::stream::Packer;
 use pretext::task::mlm::Mlm;
 use pretext::task::{Task, TaskContext};
+use pretext::tokenize::batch::tokenized_batch;
 
 fn rows(seq_len: usize, n_docs: usize, words: bool) -> arrow::array::RecordBatch {
     let keys: Vec<u64> = (0..n_docs as u64).collect();

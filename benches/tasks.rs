@@ -8,13 +8,14 @@
 
 use arrow::array::{RecordBatch, UInt64Array};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pretext::stream::{tokenized_batch, Packer, Packing};
+use pretext::stream::{Packer, Packing};
 use pretext::task::causal::Causal;
 use pretext::task::contrastive::{Contrastive, Views};
 use pretext::task::denoise::Denoise;
 use pretext::task::mlm::Mlm;
 use pretext::task::span::Span;
 use pretext::task::{Task, TaskContext};
+use pretext::tokenize::batch::tokenized_batch;
 
 /// 1,000 documents of 300 tokens (ids ≥ 1000 ordinary, 101/102 framing), packed into rows.
 fn rows(len: usize, mode: Packing, template: bool) -> RecordBatch {

@@ -48,7 +48,7 @@ fn write_pipeline(dir: &Path, model: &str, steps: u64) -> PathBuf {
 
 fn build(rt: &tokio::runtime::Runtime, file: &Path, dir: &Path) -> Arc<Plan> {
     let p = pretext::load_pipeline(file, &[]).unwrap();
-    let build = BuildOptions { tokenizer_dir: Some(dir.to_path_buf()), reuse_tokenizer: true, check_only: false };
+    let build = BuildOptions { tokenizer_dir: Some(dir.to_path_buf()), reuse_tokenizer: true, ..Default::default() };
     rt.block_on(Plan::build(p, &build)).unwrap()
 }
 
@@ -134,7 +134,7 @@ fn main() {
     let tps: Vec<f64> = (0..reps).map(|_| in_memory(&plan, &data).1).collect();
     println!(
         "encoder 4×256 (vocab {}), seq 128, batch 32, {n} steps: {:.0} tokens/s median (runs: {tps:.0?})",
-        plan.tokenizer.vocab_size,
+        plan.tokenizer().vocab_size,
         median(tps.clone())
     );
 }

@@ -105,7 +105,7 @@ fn table(dir: &Path, rows: usize) {
 /// Reads the source alone (no task); returns the rows.
 fn scan_rows(rt: &tokio::runtime::Runtime, plan: &Arc<Plan>) -> usize {
     rt.block_on(async {
-        let mut s = plan.source.scan(pretext::source::Shard::WHOLE, Default::default());
+        let mut s = plan.source().scan(pretext::source::Shard::WHOLE, Default::default());
         let mut n = 0;
         while let Some(b) = s.next().await {
             n += b.unwrap().num_rows();
@@ -179,7 +179,7 @@ fn bench(c: &mut Criterion) {
     // The MAE task alone on images already in memory (as the scan hands them over), on as many
     // threads as the pipeline uses: what "masking pre-decoded images" costs without Parquet.
     let rows: Vec<RecordBatch> = rt.block_on(async {
-        let mut s = read.source.scan(pretext::source::Shard::WHOLE, Default::default());
+        let mut s = read.source().scan(pretext::source::Shard::WHOLE, Default::default());
         let mut out = Vec::new();
         while let Some(b) = s.next().await {
             let b = b.unwrap();
@@ -194,7 +194,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             std::thread::scope(|s| {
                 for t in 0..workers {
-                    let (rows, task) = (&rows, mae.task.clone());
+                    let (rows, task) = (&rows, mae.task().clone());
                     s.spawn(move || {
                         for batch in rows.iter().skip(t).step_by(workers) {
                             let keys = batch.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();

@@ -4,7 +4,69 @@
 
 use std::fmt;
 
-use crate::spec::SpecErrors;
+/// Where a problem in a pipeline is: a 1-based line and column of the file, or a `--set`
+/// override given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pos {
+    /// A position inside the pipeline file.
+    File { line: usize, col: usize },
+    /// A value that came from `--set <text>`.
+    Override(String),
+}
+
+/// One located problem.
+#[derive(Debug, Clone)]
+pub struct SpecError {
+    pub file: String,
+    pub pos: Pos,
+    /// Dotted YAML path (`task.mlm.mask_prob`), empty for the whole file.
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pos {
+            Pos::File { line, col } => write!(f, "error: {}:{line}:{col}: ", self.file)?,
+            Pos::Override(text) => write!(f, "error: --set {text}: ")?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one pipeline file.
+#[derive(Debug, Clone)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        if self.0.len() > 1 {
+            let file = &self.0[0].file;
+            write!(f, "\n{} problems in `{file}`", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl From<SpecErrors> for Error {
+    fn from(e: SpecErrors) -> Self {
+        Error::Spec(e)
+    }
+}
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -21,7 +83,7 @@ pub enum Error {
     /// The environment refused something (I/O, permissions, a file that exists already, ...).
     #[error("{message}{}", hint_suffix(.hint))]
     Env { message: String, hint: Option<String> },
-    /// A signal stopped the command at a safe point (see `crate::stop`).
+    /// A signal stopped the command at a safe point (see `crate::ground::stop`).
     #[error("{message}")]
     Stopped { signal: i32, message: String },
     /// A broken invariant inside pretext.
@@ -49,27 +111,27 @@ fn hint_suffix(hint: &Option<String>) -> String {
 
 impl Error {
     /// A problem with the user's data.
-    pub fn data(message: impl fmt::Display) -> Self {
+    pub(crate) fn data(message: impl fmt::Display) -> Self {
         Error::Data { message: message.to_string(), hint: None }
     }
 
     /// A problem with the user's data, and what to do about it.
-    pub fn data_hint(message: impl fmt::Display, hint: impl fmt::Display) -> Self {
+    pub(crate) fn data_hint(message: impl fmt::Display, hint: impl fmt::Display) -> Self {
         Error::Data { message: message.to_string(), hint: Some(hint.to_string()) }
     }
 
     /// A problem with the environment.
-    pub fn env(message: impl fmt::Display) -> Self {
+    pub(crate) fn env(message: impl fmt::Display) -> Self {
         Error::Env { message: message.to_string(), hint: None }
     }
 
     /// A problem with the environment, and what to do about it.
-    pub fn env_hint(message: impl fmt::Display, hint: impl fmt::Display) -> Self {
+    pub(crate) fn env_hint(message: impl fmt::Display, hint: impl fmt::Display) -> Self {
         Error::Env { message: message.to_string(), hint: Some(hint.to_string()) }
     }
 
     /// An I/O failure on `path`, with what to do for the failures a user can fix.
-    pub fn io(path: &std::path::Path, action: &str, err: std::io::Error) -> Self {
+    pub(crate) fn io(path: &std::path::Path, action: &str, err: std::io::Error) -> Self {
         let message = format!("cannot {action} `{}`: {err}", path.display());
         match io_hint(&err) {
             Some(hint) => Error::env_hint(message, hint),
@@ -78,7 +140,7 @@ impl Error {
     }
 
     /// A broken invariant.
-    pub fn internal(message: impl fmt::Display) -> Self {
+    pub(crate) fn internal(message: impl fmt::Display) -> Self {
         Error::Internal(message.to_string())
     }
 
@@ -121,6 +183,13 @@ impl From<arrow::error::ArrowError> for Error {
             },
             other => Error::data(other),
         }
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    /// Worded as DataFusion words a Parquet error, as every reader of a file reports it.
+    fn from(err: parquet::errors::ParquetError) -> Self {
+        Error::data(format!("Parquet error: {err}"))
     }
 }
 

@@ -230,7 +230,7 @@ fn a_directory_in_use_is_refused_and_a_killed_holder_leaves_no_lock() {
         ("out", vec!["export", p, "--out", "out", "--quiet"], "`pretext export` into `out`"),
         ("run", vec!["train", p, "--run-dir", "run", "--quiet"], "`pretext train`"),
     ] {
-        let held = pretext::lock::DirLock::acquire(&t.path().join(dir), "test", "").unwrap();
+        let held = pretext::ground::lock::DirLock::acquire(&t.path().join(dir), "test", "").unwrap();
         let o = pretext(&args, t.path());
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         let err = stderr(&o);
@@ -241,7 +241,7 @@ fn a_directory_in_use_is_refused_and_a_killed_holder_leaves_no_lock() {
         drop(held);
         let o = pretext(&args, t.path());
         assert!(o.status.success(), "{}", stderr(&o));
-        assert!(!pretext::lock::lock_path(&t.path().join(dir)).exists(), "the lock file is removed at the end");
+        assert!(!pretext::ground::lock::lock_path(&t.path().join(dir)).exists(), "the lock file is removed at the end");
     }
     // A SIGKILLed export leaves its lock file behind, but not its lock: the next one proceeds.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
@@ -249,13 +249,13 @@ fn a_directory_in_use_is_refused_and_a_killed_holder_leaves_no_lock() {
         .current_dir(t.path())
         .spawn()
         .unwrap();
-    let lock = pretext::lock::lock_path(&t.path().join("killed"));
+    let lock = pretext::ground::lock::lock_path(&t.path().join("killed"));
     let started = std::time::Instant::now();
     while !lock.exists() && started.elapsed().as_secs() < 30 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let again = pretext::lock::DirLock::acquire(&t.path().join("killed"), "test", "").unwrap();
+    let again = pretext::ground::lock::DirLock::acquire(&t.path().join("killed"), "test", "").unwrap();
     drop(again);
 }

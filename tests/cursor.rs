@@ -86,9 +86,9 @@ fn flat(v: &[(Vec<Row>, StreamCursor)]) -> Vec<Row> {
 fn check_resume(d: &Path, yaml: &str, passes: usize) {
     let (rt, plan) = plan(d, yaml, &[]);
     // Enough batches for `passes` passes.
-    let one_pass = collect(&rt, plan.pass_from(Split::All, StreamCursor::start(0, plan.sources.len())), usize::MAX);
+    let one_pass = collect(&rt, plan.pass_from(Split::All, StreamCursor::start(0, plan.sources().len())), usize::MAX);
     let total = one_pass.len() * passes;
-    let full = collect(&rt, plan.batches_from(Split::All, StreamCursor::start(0, plan.sources.len())), total);
+    let full = collect(&rt, plan.batches_from(Split::All, StreamCursor::start(0, plan.sources().len())), total);
     assert_eq!(full.len(), total);
     let whole = flat(&full);
     let mut cut_points = cuts(total - 1, 24, 7);
@@ -254,7 +254,7 @@ fn ranks_read_only_the_row_groups_of_their_blocks() {
                 .iter()
                 .map(|r| r.0)
                 .collect();
-            let opened = plan.sources[0].stats.row_groups_opened.load(std::sync::atomic::Ordering::Relaxed);
+            let opened = plan.sources()[0].stats.row_groups_opened.load(std::sync::atomic::Ordering::Relaxed);
             // 26 row groups: a block of 400 / world rows touches at most that many groups plus
             // one at each end.
             let most = (400 / world).div_ceil(16) + 2;

@@ -172,13 +172,13 @@ fn transformers_loads_exported_models_and_pretext_starts_from_them() {
 
         // pretext's logits and tokens for the check.
         let loaded = pretext::cli::export_model::load(&run, None).unwrap();
-        let vocab = loaded.plan.tokenizer.vocab_size;
+        let vocab = loaded.plan.tokenizer().vocab_size;
         let ids: Vec<u32> = (0..20u32).map(|i| (i * 37 + 5) % (vocab - 3) + 3).collect();
         let logits =
             if kind == "bare" { vec![] } else { pretext::train::hf::logits(&loaded.trainer.model, &ids).unwrap() };
         let text = "alpha river stone quiet morning";
         let mut enc = pretext::tokenize::Encoded::default();
-        loaded.plan.tokenizer.encode_framed(text, loaded.plan.framing, None, false, &mut enc).unwrap();
+        loaded.plan.tokenizer().encode_framed(text, loaded.plan.framing(), None, false, &mut enc).unwrap();
         let resave = t.path().join("resaved");
         let check = serde_json::json!({
             "ids": ids, "logits": logits, "text": text, "text_ids": enc.ids, "resave": resave,
@@ -205,8 +205,11 @@ fn transformers_loads_exported_models_and_pretext_starts_from_them() {
         assert!(stderr(&o).contains("initialised"), "{}", stderr(&o));
         let pipeline = pretext::load_pipeline(&t.path().join("p.yaml"), &[]).unwrap();
         let rt = pretext::cli::runtime().unwrap();
-        let build =
-            pretext::plan::BuildOptions { tokenizer_dir: Some(run.clone()), reuse_tokenizer: true, check_only: false };
+        let build = pretext::plan::BuildOptions {
+            tokenizer_dir: Some(run.clone()),
+            reuse_tokenizer: true,
+            ..Default::default()
+        };
         let plan = rt.block_on(pretext::plan::Plan::build(pipeline, &build)).unwrap();
         let cfg = pretext::train::settings(&plan);
         let fresh = pretext::train::Trainer::new(&plan, &cfg, &candle_core::Device::Cpu).unwrap();

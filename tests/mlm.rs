@@ -27,7 +27,7 @@ fn rows(docs: &[Vec<i32>], seq_len: usize, words: bool) -> RecordBatch {
         .iter()
         .map(|d| d.iter().enumerate().map(|(j, &i)| if i < 5 { -1 } else { j as i32 / 3 }).collect())
         .collect();
-    let tok = pretext::stream::tokenized_batch(&keys, &ids, &special, words.then_some(&word_ids[..]));
+    let tok = pretext::tokenize::batch::tokenized_batch(&keys, &ids, &special, words.then_some(&word_ids[..]));
     let mut p = Packer::new(seq_len, true, words, 0);
     let mut out = Vec::new();
     out.extend(p.push(&tok).unwrap());

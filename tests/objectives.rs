@@ -7,13 +7,14 @@ mod common;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use common::*;
-use pretext::stream::{tokenized_batch, Packer, Packing};
+use pretext::stream::{Packer, Packing};
 use pretext::task::causal::{cu_seqlens, Causal};
 use pretext::task::contrastive::{Contrastive, Views};
 use pretext::task::denoise::Denoise;
 use pretext::task::mlm::IGNORE;
 use pretext::task::span::{compute_input_and_target_lengths, Span};
 use pretext::task::{list_values, Task, TaskContext};
+use pretext::tokenize::batch::tokenized_batch;
 use proptest::prelude::*;
 
 const EOS: i32 = 2;

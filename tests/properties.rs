@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt64Type};
-use pretext::stream::{tokenized_batch, Packer, Packing};
+use pretext::stream::{Packer, Packing};
 use pretext::task::contrastive::{Contrastive, Views};
 use pretext::task::denoise::Denoise;
 use pretext::task::mlm::IGNORE;
 use pretext::task::tabular::{Corruption, Tabular};
 use pretext::task::{list_values, Task, TaskContext};
+use pretext::tokenize::batch::tokenized_batch;
 use proptest::prelude::*;
 
 /// `PROPTEST_CASES` when set (a longer campaign), else `n`.

@@ -255,12 +255,12 @@ fn a_tiny_model_learns_on_the_quickstart_data() {
         "train.optimizer={adamw: {lr: 2.0e-3}}",
         "train.eval={fraction: 0.05, every_steps: 50, batches: 4}",
         "task.mlm.seq_len=64",
+        "stream.batch_size=16",
     ]
     .map(String::from)
     .to_vec();
     let rt = pretext::cli::runtime().unwrap();
-    let mut p = pretext::load_pipeline(&file, &sets).unwrap();
-    p.spec.stream.batch_size = 16;
+    let p = pretext::load_pipeline(&file, &sets).unwrap();
     let build = BuildOptions { tokenizer_dir: Some(dir.path().to_path_buf()), ..Default::default() };
     let plan = rt.block_on(Plan::build(p, &build)).unwrap();
     let opts = TrainOptions {

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pretext::stream::{tokenized_batch, Packer, Packing};
+use pretext::stream::{Packer, Packing};
+use pretext::tokenize::batch::tokenized_batch;
 use pretext::task::causal::Causal;
 use pretext::task::contrastive::{Contrastive, Views};
 use pretext::task::denoise::Denoise;

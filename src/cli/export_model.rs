@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::plan::{BuildOptions, Plan};
-use crate::spec::{default_model, ModelSpec, TaskInput};
+use crate::spec::{ModelSpec, TaskInput};
 use crate::train::hf::{self, Family, Shape};
 use crate::train::{settings, Trainer};
 
@@ -21,8 +21,8 @@ pub fn load(run_dir: &Path, step: Option<u64>) -> Result<Loaded> {
     let saved = super::saved::SavedRun::open(run_dir)?;
     let checkpoint = saved.checkpoint(step)?;
     let pipeline = saved.pipeline(&["stream.epochs=1".to_string()])?;
-    let task = pipeline.spec.task_name().to_string();
-    if pipeline.spec.task.input() != TaskInput::Text {
+    let task = pipeline.task().name().to_string();
+    if pipeline.task().input() != TaskInput::Text {
         return Err(Error::env_hint(
             format!(
                 "task `{task}` trains an image or table model, which `transformers` has no matching class for here"
@@ -32,14 +32,14 @@ pub fn load(run_dir: &Path, step: Option<u64>) -> Result<Loaded> {
     }
     let rt = super::runtime()?;
     // A trained tokenizer is the one the run saved.
-    let build = BuildOptions { tokenizer_dir: Some(run_dir.to_path_buf()), reuse_tokenizer: true, check_only: false };
+    let build = BuildOptions { tokenizer_dir: Some(run_dir.to_path_buf()), reuse_tokenizer: true, ..Default::default() };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;
     let cfg = settings(&plan);
     // On the CPU in f32, whatever the run trained in (bf16 weights load converted).
     let trainer = Trainer::with_dtype(&plan, &cfg, &candle_core::Device::Cpu, candle_core::DType::F32)?;
     trainer.model.params.load(&checkpoint.join("model.safetensors"))?;
     let family = Family::of(&trainer.model, &task)?;
-    let spec = cfg.model.clone().unwrap_or_else(|| default_model(&plan.pipeline.spec.task));
+    let spec = plan.train.model.clone();
     Ok(Loaded { trainer, family, spec, plan, checkpoint })
 }
 

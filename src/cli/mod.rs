@@ -1,11 +1,11 @@
 //! The command line: one file per command.
 
 mod export;
-pub mod export_model;
+internal_mod!(export_model);
 mod plot;
 mod preview;
 mod probe;
-pub mod saved;
+mod saved;
 mod schema;
 mod train;
 mod validate;
@@ -21,11 +21,11 @@ use crate::error::Result;
 #[command(name = "pretext", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Check pipeline files: every problem at once, with file:line:column and a hint.
     Validate {
         /// Pipeline files.
@@ -126,6 +126,7 @@ pub enum Command {
 }
 
 /// Runs a parsed command; the `Ok` value is the process exit code.
+/// Runs a parsed command; the exit code on success.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate { files, sets } => validate::run(&files, &sets),
@@ -146,6 +147,39 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 /// The tokio runtime the data plane runs on.
+/// The `pretext` command: parses `args` (the program's name first), runs the command, prints
+/// any error on stderr and returns the exit code (0 success, 1 a problem the user can fix, 2 a
+/// bug, 128 + the signal's number after a graceful stop). Usage errors and `--help` exit the
+/// process as clap does.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    // A second call in one process (a Python session) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PRETEXT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e @ (crate::Error::Spec(_) | crate::Error::Stopped { .. })) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// The multi-threaded tokio runtime a command runs its pipeline on.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

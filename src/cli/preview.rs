@@ -19,7 +19,7 @@ pub fn run(file: &Path, n: usize, out: Option<&Path>, sets: &[String]) -> Result
         let plan = Plan::build(pipeline, &BuildOptions::default()).await?;
         let mut stream = plan.stream();
         let mut shown = 0;
-        let input = plan.pipeline.spec.task.input();
+        let input = plan.input;
         if out.is_some() && input != TaskInput::Image {
             eprintln!("note: `--out` writes contact sheets for image tasks only; printing the examples");
         }
@@ -27,7 +27,7 @@ pub fn run(file: &Path, n: usize, out: Option<&Path>, sets: &[String]) -> Result
         while shown < n {
             let Some(batch) = stream.next().await else { break };
             let batch = batch?;
-            let spec = &plan.pipeline.spec.task;
+            let spec = &plan.task_spec;
             let text = match (spec, input) {
                 (TaskSpec::Mlm(_), _) => render_mlm(&plan.tokenizer, &batch, shown, n - shown)?,
                 (_, TaskInput::Image) => render_images(&batch, shown, n - shown)?,
@@ -44,14 +44,14 @@ pub fn run(file: &Path, n: usize, out: Option<&Path>, sets: &[String]) -> Result
         }
         if shown == 0 {
             eprintln!("the source produced no examples (skipped: {})", plan.source.stats.snapshot());
-        } else if matches!(plan.pipeline.spec.task, TaskSpec::Mlm(_)) {
+        } else if matches!(plan.task_spec, TaskSpec::Mlm(_)) {
             emit(&format!("{MLM_LEGEND}\n"));
         } else if input == TaskInput::Table {
             emit(&format!("{TABLE_LEGEND}\n"));
         }
         if let (Some(path), false) = (out, sheet.is_empty()) {
             let batch = arrow::compute::concat_batches(&sheet[0].schema(), &sheet)?;
-            let (image, patch) = match &plan.pipeline.spec.task {
+            let (image, patch) = match &plan.task_spec {
                 TaskSpec::ContrastiveImage(t) => (&t.image, None),
                 TaskSpec::Mae(t) => (&t.image, Some(t.patch_size as usize)),
                 TaskSpec::DenoiseImage(t) => (&t.image, None),

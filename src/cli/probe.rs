@@ -37,21 +37,21 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
     }
     overrides.extend(sets.iter().cloned());
     let pipeline = saved.pipeline(&overrides)?;
-    if pipeline.spec.task.input() == TaskInput::Text {
+    if pipeline.task().input() == TaskInput::Text {
         return Err(Error::env_hint(
-            format!("task `{}` reads text, which carries no label column to probe", pipeline.spec.task_name()),
+            format!("task `{}` reads text, which carries no label column to probe", pipeline.task().name()),
             "probes work on the image and table tasks (contrastive_image, mae, denoise_image, scarf, vime)",
         ));
     }
-    if pipeline.spec.primary_source().label_column.is_none() {
+    if pipeline.primary_source().label_column.is_none() {
         return Err(Error::env_hint(
             "the run's pipeline has no `source.label_column`",
             "name the column holding the class ids: `pretext probe <run> --label-column label`",
         ));
     }
-    let fraction = pipeline.spec.train.as_ref().and_then(|t| t.eval.as_ref()).map(|e| e.fraction).unwrap_or(0.2);
     let rt = super::runtime()?;
     let plan = rt.block_on(Plan::build(pipeline, &BuildOptions::default()))?;
+    let fraction = plan.train.spec.eval.as_ref().map(|e| e.fraction).unwrap_or(0.2);
     let cfg = settings(&plan);
     let device = candle_core::Device::Cpu;
     // In f32, whatever the run trained in (bf16 weights load converted).
@@ -131,7 +131,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
     let report = serde_json::json!({
         "checkpoint": checkpoint_dir.display().to_string(),
         "step": step,
-        "label_column": plan.pipeline.spec.primary_source().label_column,
+        "label_column": plan.label_column,
         "classes": classes,
         "train_rows": train_t.len(),
         "test_rows": test_t.len(),
@@ -146,7 +146,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
         .map_err(|e| Error::io(&out, "write", e))?;
     println!(
         "linear probe on `{}` ({classes} classes, {} features): held-out accuracy {:.3} with the encoder at step {step}, {:.3} at initialisation, {:.3} for the majority class ({} rows fitted, {} held out)",
-        plan.pipeline.spec.primary_source().label_column.as_deref().unwrap_or("label"),
+        plan.label_column.as_deref().unwrap_or("label"),
         train_t.dim,
         acc_t,
         acc_i,
@@ -154,7 +154,7 @@ pub fn run(run_dir: &Path, label_column: Option<&str>, max_rows: usize, sets: &[
         train_t.len(),
         test_t.len()
     );
-    if !matches!(plan.pipeline.spec.task, TaskSpec::Scarf(_) | TaskSpec::Vime(_)) && acc_t <= acc_i {
+    if !matches!(plan.task_spec, TaskSpec::Scarf(_) | TaskSpec::Vime(_)) && acc_t <= acc_i {
         eprintln!("note: the trained encoder probes no better than its initialisation; train longer or check the loss curve (`pretext plot`)");
     }
     eprintln!("wrote `{}`", out.display());

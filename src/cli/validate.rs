@@ -9,23 +9,22 @@ pub fn run(files: &[PathBuf], sets: &[String]) -> Result<i32> {
     let rt = super::runtime()?;
     let mut failed = 0;
     for file in files {
-        let result = crate::spec::load(file, sets).and_then(|p| {
-            rt.block_on(Plan::build(p, &BuildOptions { tokenizer_dir: None, reuse_tokenizer: false, check_only: true }))
-        });
+        let result = crate::spec::load(file, sets)
+            .and_then(|p| rt.block_on(Plan::build(p, &BuildOptions { check_only: true, ..Default::default() })));
         match result {
             Ok(plan) => {
-                let reads = match (plan.source.input, plan.source.image_kind) {
+                let reads = match (plan.input, plan.source.image_kind) {
                     (crate::spec::TaskInput::Text, _) => format!("tokenizer {}", plan.tokenizer.description),
                     (crate::spec::TaskInput::Image, Some(crate::source::ImageKind::Encoded)) => "encoded images".into(),
                     (crate::spec::TaskInput::Image, _) => "pixel-array images".into(),
                     (crate::spec::TaskInput::Table, _) => {
-                        format!("{} feature columns", plan.pipeline.spec.task.table_columns().len())
+                        format!("{} feature columns", plan.task_spec.table_columns().len())
                     }
                 };
                 println!(
                     "ok: {} ({}, {} {} file(s), {reads})",
                     file.display(),
-                    plan.pipeline.spec.task_name(),
+                    plan.task_name(),
                     plan.source.files.len(),
                     format!("{:?}", plan.source.format).to_lowercase(),
                 )

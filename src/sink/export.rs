@@ -9,40 +9,58 @@
 //! skips the rows of the finished parts and writes the rest: the bytes equal an uninterrupted run.
 
 use std::collections::HashMap;
-use std::fs::File;
+#[cfg(any(test, feature = "internals"))]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
 use futures::StreamExt;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression as PqCompression, ZstdLevel};
-use parquet::file::properties::EnabledStatistics;
-use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use serde_json::json;
 
-use super::manifest::{describe_schema, hf_metadata, Part, Progress, ResumePoint};
+use super::manifest::{describe_schema, hf_metadata, Part, Progress};
+use super::parts::{tokens_in, Writer};
 use super::progress::Meter;
-pub use super::target::{OutputState, Target, STAGING};
+pub use super::target::{OutputState, Target};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::spec::Compression;
 use crate::stream::StreamCursor;
 
 /// What an export did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ExportReport {
     /// The destination, as written by the user.
     pub dir: String,
+    /// Examples written.
     pub rows: u64,
+    /// Token positions written (0 for image and table tasks).
     pub tokens: u64,
     pub parts: usize,
+    /// Parts a resumed export found finished.
     pub resumed_parts: usize,
     pub seconds: f64,
+    /// The destination already held this finished export: nothing was done.
     pub already_complete: bool,
+    /// What was read, summed over the sources (`_manifest.json` has them per source).
+    pub read: ReadCounts,
+    /// Whether the task reads text (else images or table rows).
+    pub text: bool,
+    /// The share of token positions that are padding (text tasks).
+    pub padding: Option<f64>,
+    /// A mixture: the examples written from each source, in the order written.
+    pub per_source: Vec<(String, u64)>,
+}
+
+/// What the sources read, summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadCounts {
+    pub rows_read: u64,
+    pub documents: u64,
+    /// Rows skipped for a null or blank text.
+    pub skipped_texts: u64,
+    pub null_images: u64,
+    pub undecodable_images: u64,
 }
 
 /// Options from the command line.
@@ -60,6 +78,7 @@ pub struct ExportOptions {
 
 impl ExportOptions {
     /// A fresh export into a local directory, with no progress bar.
+    #[cfg(any(test, feature = "internals"))]
     pub fn local(dir: impl Into<PathBuf>) -> ExportOptions {
         ExportOptions {
             target: Target::Local(dir.into()),
@@ -69,10 +88,6 @@ impl ExportOptions {
             locked: false,
         }
     }
-}
-
-fn part_name(i: usize) -> String {
-    format!("part-{i:05}.parquet")
 }
 
 /// Everything that decides the exported bytes, hashed: the pipeline's content, the export
@@ -87,228 +102,23 @@ pub fn settings_fingerprint(plan: &Plan) -> String {
 }
 
 fn fingerprint_of(plan: &Plan, with_data: bool) -> String {
-    let mut export = serde_json::to_value(&plan.pipeline.spec.export).unwrap_or_default();
+    let mut export = serde_json::to_value(&plan.export).unwrap_or_default();
     if let Some(o) = export.as_object_mut() {
         o.remove("path");
         o.remove("storage_options");
     }
     let mut v = json!({
-        "pipeline": format!("{:016x}", plan.pipeline.content_hash()),
+        "pipeline": format!("{:016x}", plan.content_hash()),
         "export": export,
         "tokenizer": plan.tokenizer.file_hash,
         "shard": [plan.shard.rank, plan.shard.world_size],
         "format": crate::sink::FORMAT_VERSION,
-        "stream": crate::stream::STREAM_VERSION,
+        "stream": crate::plan::STREAM_VERSION,
     });
     if with_data {
         v["data"] = plan.data_identity();
     }
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(crate::spec::canonical_json(&v).as_bytes()))
-}
-
-/// Top-level fields whose values differ between two resolved pipelines (dotted paths).
-fn diff_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
-    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
-        match (a.as_object(), b.as_object()) {
-            (Some(x), Some(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    walk(
-                        x.get(k).unwrap_or(&serde_json::Value::Null),
-                        y.get(k).unwrap_or(&serde_json::Value::Null),
-                        &p,
-                        out,
-                    );
-                }
-            }
-            _ if a != b => out.push(format!("`{path}`")),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(a, b, "", &mut out);
-    if out.is_empty() {
-        out.push("the pipeline hash".into());
-    }
-    out
-}
-
-/// Real (non-padding) input tokens: the sum of the `attention_mask*` columns, or every
-/// `input_ids` value when the task has no attention mask (span corruption).
-fn tokens_in(batch: &RecordBatch) -> u64 {
-    let mut total = 0;
-    let mut found = false;
-    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        if field.name().starts_with("attention_mask") {
-            if let Some(l) = col.as_fixed_size_list_opt() {
-                found = true;
-                total += l.values().as_primitive::<Int32Type>().values().iter().map(|&v| v as u64).sum::<u64>();
-            }
-        }
-    }
-    if !found {
-        if let Some(l) = batch.column_by_name("input_ids").and_then(|c| c.as_fixed_size_list_opt()) {
-            total = l.values().len() as u64;
-        }
-    }
-    total
-}
-
-/// A failed write of a part, with the I/O error under the Parquet writer's and what to do.
-fn write_error(path: &std::path::Path, e: parquet::errors::ParquetError) -> Error {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return Error::io(path, "write", std::io::Error::new(io.kind(), io.to_string()));
-        }
-        cause = c.source();
-    }
-    Error::env(format!("cannot write `{}`: {e}", path.display()))
-}
-
-struct PartWriter {
-    index: usize,
-    tmp: PathBuf,
-    writer: ArrowWriter<Hashed>,
-    rows: u64,
-    tokens: u64,
-    /// Rows per mixture member.
-    sources: std::collections::BTreeMap<String, u64>,
-}
-
-/// A part file, hashed (xxh3-64) and counted as it is written, so closing it reads nothing back.
-struct Hashed {
-    file: File,
-    hash: xxhash_rust::xxh3::Xxh3,
-    bytes: u64,
-}
-
-impl Hashed {
-    fn new(file: File) -> Self {
-        Hashed { file, hash: xxhash_rust::xxh3::Xxh3::new(), bytes: 0 }
-    }
-}
-
-impl std::io::Write for Hashed {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-struct Writer {
-    target: Target,
-    /// Where the stream continues after the part being closed.
-    resume: Option<ResumePoint>,
-    dir: PathBuf,
-    schema: SchemaRef,
-    props: WriterProperties,
-    rows_per_file: u64,
-    chunk: usize,
-    current: Option<PartWriter>,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
-    progress: Progress,
-}
-
-impl Writer {
-    fn open_part(&mut self) -> Result<()> {
-        let index = self.progress.parts.len();
-        let tmp = self.dir.join(format!(".{}.tmp", part_name(index)));
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-        let writer = ArrowWriter::try_new(Hashed::new(file), self.schema.clone(), Some(self.props.clone()))
-            .map_err(|e| Error::internal(format!("parquet writer: {e}")))?;
-        self.current = Some(PartWriter { index, tmp, writer, rows: 0, tokens: 0, sources: Default::default() });
-        Ok(())
-    }
-
-    /// Buffers rows and writes them in chunks that start at fixed offsets inside the part, so a
-    /// resumed export calls the Parquet writer with the same slices as an uninterrupted one.
-    /// `before`: the stream cursor before this batch's first row, of which `skipped` rows were
-    /// dropped before `batch`; a part that ends inside the batch records where to resume.
-    async fn push(&mut self, mut batch: RecordBatch, before: &StreamCursor, skipped: u64) -> Result<()> {
-        let mut consumed = skipped;
-        while batch.num_rows() > 0 {
-            if self.current.is_none() {
-                self.open_part()?;
-            }
-            let part_rows = self.current.as_ref().map(|p| p.rows).unwrap_or(0);
-            // A chunk is `chunk` rows, or what is left of the part: offsets inside a part are fixed.
-            let target = self.chunk.min((self.rows_per_file - part_rows) as usize);
-            let take = (target - self.pending_rows).min(batch.num_rows());
-            self.pending.push(batch.slice(0, take));
-            self.pending_rows += take;
-            consumed += take as u64;
-            batch = batch.slice(take, batch.num_rows() - take);
-            if self.pending_rows == target {
-                self.flush_chunk()?;
-                if self.current.as_ref().is_some_and(|p| p.rows == self.rows_per_file) {
-                    self.resume = Some(ResumePoint { cursor: before.clone(), skip: consumed });
-                    self.close_part().await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_chunk(&mut self) -> Result<()> {
-        if self.pending_rows == 0 {
-            return Ok(());
-        }
-        let chunk = match self.pending.as_slice() {
-            [one] => one.clone(),
-            _ => arrow::compute::concat_batches(&self.schema, &self.pending)?,
-        };
-        self.pending.clear();
-        self.pending_rows = 0;
-        let part = self.current.as_mut().ok_or_else(|| Error::internal("chunk without a part"))?;
-        part.writer.write(&chunk).map_err(|e| write_error(&part.tmp, e))?;
-        part.rows += chunk.num_rows() as u64;
-        part.tokens += tokens_in(&chunk);
-        if let Some(d) =
-            chunk.column_by_name("source").and_then(|c| c.as_dictionary_opt::<arrow::datatypes::Int16Type>())
-        {
-            // Keys index this chunk's dictionary (concatenation may have merged several).
-            let mut per_key = vec![0u64; d.values().len()];
-            for &k in d.keys().values().iter() {
-                per_key[k as usize] += 1;
-            }
-            let names = d.values().as_string::<i32>();
-            for (k, n) in per_key.into_iter().enumerate().filter(|(_, n)| *n > 0) {
-                *part.sources.entry(names.value(k).to_string()).or_default() += n;
-            }
-        }
-        Ok(())
-    }
-
-    async fn close_part(&mut self) -> Result<()> {
-        self.flush_chunk()?;
-        let Some(part) = self.current.take() else { return Ok(()) };
-        let file = part.writer.into_inner().map_err(|e| write_error(&part.tmp, e))?;
-        file.file.sync_all().map_err(|e| Error::io(&part.tmp, "sync", e))?;
-        let name = part_name(part.index);
-        let done = Part {
-            resume: self.resume.take(),
-            file: name.clone(),
-            rows: part.rows,
-            tokens: part.tokens,
-            sources: part.sources,
-            bytes: file.bytes,
-            xxh3: format!("{:016x}", file.hash.digest()),
-        };
-        self.target.store_part(&name, &part.tmp).await?;
-        self.progress.parts.push(done);
-        self.target.save_progress(&self.progress).await
-    }
+    crate::ground::identity::json_hash_hex(&v)
 }
 
 /// Share of `input_ids` positions that are padding, for tasks with one attention mask.
@@ -350,13 +160,13 @@ fn mixture_summary(plan: &Plan, parts: &[Part]) -> serde_json::Value {
 pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportReport> {
     let started = Instant::now();
     let target = &opts.target;
-    let hash = format!("{:016x}", plan.pipeline.content_hash());
+    let hash = format!("{:016x}", plan.content_hash());
     let fingerprint = fingerprint(&plan);
     let settings = settings_fingerprint(&plan);
     let data = plan.data_identity();
-    let resolved = plan.pipeline.resolved_json();
+    let resolved = plan.resolved_json();
     if plan.sources.len() > 1 && plan.stop == crate::spec::MixtureStop::Cycle {
-        return Err(Error::Spec(crate::spec::SpecErrors(vec![plan.pipeline.error_at(
+        return Err(Error::Spec(crate::spec::SpecErrors(vec![plan.error_at(
             &["mixture", "stop"],
             "`stop: cycle` never ends, so there is nothing to finish exporting",
             Some("export with `first_exhausted` or `all_exhausted`; `cycle` is for training".into()),
@@ -373,15 +183,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
                     "export to another directory with `--out DIR`",
                 ));
             }
-            return Ok(ExportReport {
-                dir: target.name(),
-                rows: 0,
-                tokens: 0,
-                parts: 0,
-                resumed_parts: 0,
-                seconds: 0.0,
-                already_complete: true,
-            });
+            return Ok(ExportReport { dir: target.name(), already_complete: true, ..Default::default() });
         }
         OutputState::Interrupted => {
             let progress = target.progress().await?.ok_or_else(|| Error::internal("progress file vanished"))?;
@@ -402,7 +204,10 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
                         "pass `--allow-new-data` to continue with the new data (finished parts keep the old), pin the data (`source.version` for Delta), or export to a new directory",
                     ));
                 } else {
-                    let mut changed = diff_fields(&progress.pipeline, &resolved);
+                    let mut changed: Vec<String> = crate::ground::identity::changed_paths(&progress.pipeline, &resolved)
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect();
                     if progress.pipeline == resolved {
                         changed = vec!["the tokenizer file, the shard, or the version of pretext that wrote it (how the stream is cut into windows)".into()];
                     }
@@ -452,7 +257,7 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
     let tok = &plan.tokenizer;
     let manifest = json!({
         "pretext_version": env!("CARGO_PKG_VERSION"),
-        "name": plan.pipeline.spec.name,
+        "name": plan.name,
         "pipeline_hash": hash,
         "fingerprint": fingerprint,
         "settings_fingerprint": settings,
@@ -490,8 +295,31 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
         parts: parts.len(),
         resumed_parts,
         seconds: started.elapsed().as_secs_f64(),
+        read: read_counts(&plan),
+        text: plan.input == crate::spec::TaskInput::Text,
+        padding: padding_share(&plan, rows, tokens),
+        per_source: per_source(&plan),
         already_complete: false,
     })
+}
+
+fn read_counts(plan: &Plan) -> ReadCounts {
+    let sum = |key: &str| plan.sources.iter().map(|s| s.stats.snapshot()[key].as_u64().unwrap_or(0)).sum::<u64>();
+    ReadCounts {
+        rows_read: sum("rows_read"),
+        documents: sum("documents"),
+        skipped_texts: sum("skipped_null_text") + sum("skipped_blank_text"),
+        null_images: sum("skipped_null_image"),
+        undecodable_images: sum("skipped_undecodable_image"),
+    }
+}
+
+fn per_source(plan: &Plan) -> Vec<(String, u64)> {
+    if plan.sources.len() < 2 {
+        return Vec::new();
+    }
+    let counts = plan.mix_counts.examples.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    plan.sources.iter().map(|s| s.name.clone().unwrap_or_else(|| "?".into())).zip(counts).collect()
 }
 
 /// Batches the example stream may run ahead of the writer.
@@ -504,61 +332,15 @@ async fn write_parts(
     opts: &ExportOptions,
     progress: Progress,
 ) -> std::result::Result<Vec<Part>, (Error, usize)> {
-    let spec = &plan.pipeline.spec.export;
+    let spec = &plan.export;
     let task_schema = plan.output_schema();
     let mut metadata: HashMap<String, String> = task_schema.metadata().clone();
     metadata.insert("huggingface".into(), hf_metadata(&task_schema));
     let schema: SchemaRef = Arc::new(Schema::new_with_metadata(task_schema.fields().clone(), metadata));
-    let level = ZstdLevel::try_new(spec.zstd_level).map_err(|e| (Error::internal(e), progress.parts.len()))?;
-    let compression = match spec.compression {
-        Compression::Zstd => PqCompression::ZSTD(level),
-        Compression::Snappy => PqCompression::SNAPPY,
-        Compression::Lz4 => PqCompression::LZ4_RAW,
-        Compression::None => PqCompression::UNCOMPRESSED,
-    };
-    // Integer and float columns are written without dictionaries: on BERT MLM rows (30k-id
-    // vocabulary) a dictionary made parts 4% larger and interning was a fifth of the writer's
-    // time; zstd does better on the plain values. Text columns (`source`) keep theirs.
-    let mut props = WriterProperties::builder().set_dictionary_enabled(false);
-    for f in schema.fields() {
-        if matches!(f.data_type(), DataType::Dictionary(..) | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-        {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true);
-        }
-    }
-    // Min/max of token ids, labels and masks select nothing, and computing them per value was a
-    // sixth of the writer's time: list columns go without; scalar ones (`example_key`) keep theirs.
-    let parquet_schema = parquet::arrow::ArrowSchemaConverter::new()
-        .convert(&schema)
-        .map_err(|e| (Error::internal(format!("parquet schema: {e}")), progress.parts.len()))?;
-    for leaf in parquet_schema.columns().iter().filter(|c| c.max_rep_level() > 0) {
-        props = props.set_column_statistics_enabled(leaf.path().clone(), EnabledStatistics::None);
-    }
-    let props = props
-        .set_compression(compression)
-        .set_max_row_group_row_count(Some(spec.row_group_rows as usize))
-        .set_created_by(format!("pretext {}", env!("CARGO_PKG_VERSION")))
-        .build();
     let mut skip: u64 = progress.parts.iter().map(|p| p.rows).sum();
-    // The writer is handed chunks of at most 256k values (2048 rows of 128): the Parquet writer
-    // still makes row groups of `row_group_rows`, encoding as it goes, while the rows waiting
-    // for a chunk, their concatenation and the writer's levels stay small. (With 4M-value
-    // chunks these were the largest terms in peak memory.)
-    let width = plan.seq_len.max(1);
-    let chunk = (spec.row_group_rows as usize).min(spec.rows_per_file as usize).min((1 << 18) / width).max(1);
-    let mut writer = Writer {
-        target: opts.target.clone(),
-        resume: None,
-        dir: opts.target.work_dir(),
-        schema: schema.clone(),
-        props,
-        rows_per_file: spec.rows_per_file,
-        chunk,
-        current: None,
-        pending: Vec::new(),
-        pending_rows: 0,
-        progress,
-    };
+    let finished = progress.parts.len();
+    let mut writer = Writer::new(opts.target.clone(), schema.clone(), spec, plan.seq_len, progress)
+        .map_err(|e| (e, finished))?;
     let meter = Meter::new(opts.progress_bar, "exporting");
     // Resume from the stream position saved with the last finished part: one window is
     // regenerated, not the examples of the finished parts.
@@ -599,12 +381,12 @@ async fn write_parts(
     let result: Result<()> = async {
         opts.target.save_progress(&writer.progress).await?;
         while let Some(item) = rx.recv().await {
-            if let Some(signal) = crate::stop::requested() {
+            if let Some(signal) = crate::ground::stop::requested() {
                 let what = match writer.progress.parts.len() {
                     0 => "no part was finished, so nothing was kept".to_string(),
                     n => format!("{n} finished part(s) are kept; continue the export with `--resume`"),
                 };
-                return Err(crate::stop::stopped(signal, what));
+                return Err(crate::ground::stop::stopped(signal, what));
             }
             let (batch, before) = item?;
             let mut batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;

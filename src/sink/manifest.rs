@@ -69,7 +69,7 @@ impl Progress {
 
     pub fn write(&self, dir: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(Error::internal)?;
-        crate::plan::write_atomic(&dir.join(PROGRESS), &bytes)
+        crate::ground::durable::write_atomic(&dir.join(PROGRESS), &bytes)
     }
 }
 

@@ -2,8 +2,10 @@
 
 pub mod export;
 pub mod manifest;
+mod parts;
 pub mod preview;
 pub mod progress;
+pub mod run;
 pub mod target;
 
 /// Version of the export layout, part of every fingerprint: bump it when the bytes an export

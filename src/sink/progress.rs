@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::ground::human;
+
 /// Counts rows and tokens and shows their rates.
 pub struct Meter {
     bar: ProgressBar,
@@ -48,15 +50,3 @@ impl Meter {
     }
 }
 
-/// 1234567 → "1.23M".
-pub fn human(x: f64) -> String {
-    if x >= 1e9 {
-        format!("{:.2}G", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}

@@ -105,13 +105,13 @@ impl Target {
     /// Locks the destination against a second export into it: the directory itself, or for a
     /// prefix in an object store a local stand-in named by its URL (which guards against
     /// exports from this machine only; an object store has no lock to take).
-    pub fn lock(&self) -> Result<crate::lock::DirLock> {
+    pub fn lock(&self) -> Result<crate::ground::lock::DirLock> {
         let dir = match self {
             Target::Local(d) => d.clone(),
             Target::Remote(r) => std::env::temp_dir()
                 .join(format!("pretext-export-{:016x}", xxhash_rust::xxh3::xxh3_64(r.url.as_bytes()))),
         };
-        crate::lock::DirLock::acquire(
+        crate::ground::lock::DirLock::acquire(
             &dir,
             &format!("`pretext export` into `{}`", self.name()),
             "wait for that export to finish (or stop it and continue it with `--resume`), or export elsewhere with `--out DIR`",
@@ -307,7 +307,7 @@ impl Target {
                         std::fs::rename(&from, &to).map_err(|e| Error::io(&to, "rename into", e))?;
                     }
                 }
-                crate::plan::write_atomic(&d.join(MANIFEST), manifest)?;
+                crate::ground::durable::write_atomic(&d.join(MANIFEST), manifest)?;
                 std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, "remove", e))
             }
             Target::Remote(r) => {
@@ -387,12 +387,6 @@ fn names_in(dir: &Path) -> Result<Vec<String>> {
     Ok(entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
 }
 
-/// Writes `bytes` to `path` and makes them durable.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, "create", e))?;
-    std::io::Write::write_all(&mut f, bytes).map_err(|e| Error::io(path, "write", e))?;
-    f.sync_all().map_err(|e| Error::io(path, "sync", e))
-}
 
 /// Publishes a local export in one step, so that a reader listing the directory sees nothing or
 /// everything even while the parts move: staging gets the manifest and a copy of the tokenizer,
@@ -411,10 +405,10 @@ fn publish_by_rename(dir: &Path, manifest: &[u8]) -> Result<bool> {
     let tok = out.join("tokenizer.json");
     if tok.is_file() {
         let bytes = std::fs::read(&tok).map_err(|e| Error::io(&tok, "read", e))?;
-        write_synced(&staging.join("tokenizer.json"), &bytes)?;
+        crate::ground::durable::write_synced(&staging.join("tokenizer.json"), &bytes)?;
     }
-    write_synced(&staging.join(MANIFEST), manifest)?;
-    crate::train::checkpoint::sync_dir(&staging)?;
+    crate::ground::durable::write_synced(&staging.join(MANIFEST), manifest)?;
+    crate::ground::durable::sync_dir(&staging)?;
     let undo = |why: std::io::Error| {
         let _ = std::fs::remove_file(staging.join(MANIFEST));
         let _ = std::fs::remove_file(staging.join("tokenizer.json"));
@@ -464,7 +458,7 @@ fn finish_publish(dir: &Path) -> Result<()> {
         }
         std::fs::rename(&ready, &out).map_err(|e| Error::io(&out, "publish the export into", e))?;
         if let Some(parent) = out.parent() {
-            crate::train::checkpoint::sync_dir(parent)?;
+            crate::ground::durable::sync_dir(parent)?;
         }
     }
     let progress = out.join(PROGRESS);

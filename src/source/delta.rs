@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use url::Url;
 
-use super::files::SourceFile;
+use super::layout::SourceFile;
 use super::store::Remote;
 use crate::error::{Error, Result};
 use crate::spec::SourceSpec;
@@ -30,7 +30,6 @@ pub struct Snapshot {
     pub version: u64,
     /// The table's schema, partition columns included (their types type the partition values).
     pub schema: SchemaRef,
-    pub partition_columns: Vec<String>,
     pub files: Vec<SourceFile>,
 }
 
@@ -180,7 +179,6 @@ pub async fn load(at: Location<'_>, spec: &SourceSpec) -> Result<Snapshot> {
     }
     let schema = state.snapshot().arrow_schema();
     let mut files = Vec::new();
-    let mut partition_columns: Vec<String> = Vec::new();
     for view in state.log_data().iter() {
         let rel = view.path().to_string();
         if view.deletion_vector_descriptor().is_some() {
@@ -196,9 +194,6 @@ pub async fn load(at: Location<'_>, spec: &SourceSpec) -> Result<Snapshot> {
                 partitions.push((field.name().clone(), v.clone().unwrap_or_else(|| NULL_PARTITION.to_string())));
             }
         }
-        if partition_columns.is_empty() {
-            partition_columns = partitions.iter().map(|(k, _)| k.clone()).collect();
-        }
         let path = match &at {
             _ if rel.contains("://") => PathBuf::from(&rel),
             Location::Local(dir) => dir.join(&rel),
@@ -208,7 +203,7 @@ pub async fn load(at: Location<'_>, spec: &SourceSpec) -> Result<Snapshot> {
     }
     // Path order, not log-replay order: the same version always scans the same way.
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
-    Ok(Snapshot { version, schema, partition_columns, files })
+    Ok(Snapshot { version, schema, files })
 }
 
 fn delta_error(e: DeltaTableError, name: &str) -> Error {

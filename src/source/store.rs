@@ -14,12 +14,7 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::spec::OptionValue;
 
-const SCHEMES: &[&str] = &["s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"];
-
-/// Whether `path` names an object-store location rather than a local path.
-pub fn is_remote(path: &str) -> bool {
-    path.split_once("://").is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
-}
+pub use crate::spec::is_remote;
 
 /// One bucket (or container) and the store that reads it.
 #[derive(Clone)]

@@ -1,4 +1,5 @@
 use super::*;
+use std::path::PathBuf;
 
 fn check(text: &str) -> Result<Pipeline, SpecErrors> {
     load_str(text, "p.yaml", PathBuf::from("."), &[])

@@ -8,19 +8,10 @@ use serde_json::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// Where a node starts: 1-based line and column, or an override given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pos {
-    /// A position inside the pipeline file.
-    File { line: usize, col: usize },
-    /// A value that came from `--set <text>`.
-    Override(String),
-}
+pub use crate::error::Pos;
 
-impl Pos {
-    fn from_marker(m: &Marker) -> Self {
-        Pos::File { line: m.line(), col: m.col() + 1 }
-    }
+fn pos_of(m: &Marker) -> Pos {
+    Pos::File { line: m.line(), col: m.col() + 1 }
 }
 
 /// A YAML value with its position.
@@ -234,7 +225,7 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Pos::from_marker(&mark);
+        let pos = pos_of(&mark);
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 let value = match style {

@@ -90,6 +90,7 @@ pub struct Packer {
 }
 
 impl Packer {
+    #[cfg(any(test, feature = "internals"))]
     pub fn new(seq_len: usize, packing: bool, words: bool, pad: u32) -> Self {
         Self::with_mode(seq_len, if packing { Packing::Greedy } else { Packing::PerDocument }, words, pad)
     }
@@ -311,7 +312,7 @@ impl Packer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::tokenized_batch;
+    use crate::tokenize::batch::tokenized_batch;
 
     #[test]
     fn packs_across_documents_and_pads_the_tail() {
@@ -333,7 +334,7 @@ mod tests {
 #[cfg(test)]
 mod best_fit_tests {
     use super::*;
-    use crate::stream::tokenized_batch;
+    use crate::tokenize::batch::tokenized_batch;
 
     #[test]
     fn best_fit_keeps_short_documents_whole() {

@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
+use crate::ground::seeds;
 
 /// Rows per shuffled batch handed out.
 const OUT_ROWS: usize = 4096;
@@ -55,11 +56,7 @@ impl WindowShuffle {
             return Ok(Vec::new());
         }
         let mut order: Vec<u32> = (0..self.rows as u32).collect();
-        let mut bytes = [0u8; 20];
-        bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
-        bytes[8..12].copy_from_slice(&self.epoch.to_le_bytes());
-        bytes[12..].copy_from_slice(&self.index.to_le_bytes());
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 0x5348_5546));
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seeds::shuffle_chunk(self.seed, self.epoch, self.index));
         order.shuffle(&mut rng);
         // (pending batch, row in it) of every row of the window, in arrival order.
         let at: Vec<(usize, usize)> =

@@ -45,6 +45,11 @@ impl Causal {
 
 /// `cu_seqlens` of one row (FlashAttention's varlen layout) from its `segment_ids`: the start
 /// of every segment and the end of the last; padding (segment 0) is excluded.
+///
+/// ```
+/// // Two documents (3 and 2 tokens) packed into a row of 7, then padding.
+/// assert_eq!(pretext::cu_seqlens(&[1, 1, 1, 2, 2, 0, 0]), vec![0, 3, 5]);
+/// ```
 pub fn cu_seqlens(segment_ids: &[i32]) -> Vec<i32> {
     let mut out = vec![0];
     for i in 1..segment_ids.len() {

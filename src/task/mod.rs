@@ -29,11 +29,7 @@ pub struct TaskContext {
 impl TaskContext {
     /// The RNG of one example: a pure function of `(seed, epoch, key)`.
     pub fn rng(&self, key: u64) -> Xoshiro256PlusPlus {
-        let mut bytes = [0u8; 20];
-        bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
-        bytes[8..12].copy_from_slice(&self.epoch.to_le_bytes());
-        bytes[12..].copy_from_slice(&key.to_le_bytes());
-        Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64(&bytes))
+        Xoshiro256PlusPlus::seed_from_u64(crate::ground::seeds::example(self.seed, self.epoch, key))
     }
 }
 

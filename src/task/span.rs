@@ -15,41 +15,7 @@ use super::{fixed_list, fixed_list_field, list_values, Task, TaskContext};
 use crate::error::Result;
 use crate::task::mlm::IGNORE;
 
-/// `(inputs, targets)` lengths of a raw span of `tokens` (T5's
-/// `_tokens_length_to_inputs_length_targets_length`): one sentinel per noise span, plus EOS.
-pub fn lengths_for(tokens: usize, noise_density: f64, mean_span: f64) -> (usize, usize) {
-    let noise = (tokens as f64 * noise_density).round_ties_even() as usize;
-    let nonnoise = tokens - noise;
-    let spans = (noise as f64 / mean_span).round_ties_even() as usize;
-    (nonnoise + spans + 1, noise + spans + 1)
-}
-
-/// T5's `compute_input_and_target_lengths`: the raw length whose corrupted inputs fill exactly
-/// `inputs_len`, and the resulting target length. 512 → (568, 114).
-pub fn compute_input_and_target_lengths(inputs_len: usize, noise_density: f64, mean_span: f64) -> (usize, usize) {
-    let mut tokens = inputs_len;
-    while lengths_for(tokens + 1, noise_density, mean_span).0 <= inputs_len {
-        tokens += 1;
-    }
-    let (_, mut targets) = lengths_for(tokens, noise_density, mean_span);
-    // T5's "minor hack" so that targets do not exceed inputs at density 0.5.
-    if noise_density == 0.5 && targets > inputs_len {
-        tokens -= 1;
-        targets -= 1;
-    }
-    (tokens, targets)
-}
-
-/// The smallest `seq_len` whose raw span holds at least one noise span.
-pub fn min_seq_len(noise_density: f64, mean_span: f64) -> usize {
-    (2..100_000)
-        .find(|&l| {
-            let (raw, _) = compute_input_and_target_lengths(l, noise_density, mean_span);
-            let noise = (raw as f64 * noise_density).round_ties_even() as usize;
-            noise >= 1 && noise < raw && (noise as f64 / mean_span).round_ties_even() >= 1.0
-        })
-        .unwrap_or(100_000)
-}
+pub use crate::spec::compute_input_and_target_lengths;
 
 /// Splits `items` into `segments` non-empty segments at random (T5 `_random_segmentation`).
 fn random_segmentation(items: usize, segments: usize, rng: &mut impl rand::Rng, out: &mut Vec<usize>) {

@@ -105,6 +105,7 @@ impl Reservoir {
         self.seen += 1;
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn seen(&self) -> u64 {
         self.seen
     }
@@ -213,7 +214,7 @@ impl Tabular {
 
     fn new_observer(&self, cx: &TaskContext) -> MarginalObserver {
         let reservoirs = (0..self.columns.len())
-            .map(|j| Reservoir::new(self.reservoir, cx.rng(0x5343_4152_4600_0000 ^ j as u64)))
+            .map(|j| Reservoir::new(self.reservoir, cx.rng(crate::ground::seeds::marginal_key(j))))
             .collect();
         MarginalObserver { columns: self.columns.clone(), categorical: self.categorical.clone(), reservoirs }
     }

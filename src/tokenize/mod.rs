@@ -1,7 +1,8 @@
 //! Text → token ids. One [`TextTokenizer`] wraps either a HuggingFace `tokenizer.json` (through the
 //! `tokenizers` crate) or the built-in byte vocabulary, and knows its special tokens.
 
-mod train;
+pub mod batch;
+mod vocab;
 mod wordpiece;
 
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use tokenizers::{PostProcessor, Token, TruncationDirection};
 
 use crate::error::{Error, Result};
-pub use train::train_tokenizer;
+pub use vocab::train_tokenizer;
 
 /// Ids of the special tokens pretext needs (those the tokenizer has).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +59,7 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    #[cfg(any(test, feature = "internals"))]
     pub fn clear(&mut self) {
         self.ids.clear();
         self.special.clear();
@@ -227,11 +229,13 @@ impl TextTokenizer {
     /// The same tokenizer without the fast encoder: every text goes through `tokenizers`. The
     /// ids are the same; this is for checking that they are (and for bisecting a suspected
     /// difference: `PRETEXT_REFERENCE_TOKENIZER=1` does the same for a whole run).
+    #[cfg(any(test, feature = "internals"))]
     pub fn reference(&self) -> Self {
         TextTokenizer { fast: None, ..self.clone() }
     }
 
     /// Whether texts go through pretext's own encoder (ids identical to `tokenizers`).
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
     }
@@ -250,11 +254,12 @@ impl TextTokenizer {
 
     /// Appends the tokens of `text` (with the tokenizer's special tokens, e.g. `[CLS] … [SEP]`),
     /// truncated to `max_len` tokens in total when given. Word indices are filled when `words`.
+    #[cfg(any(test, feature = "internals"))]
     pub fn encode_into(&self, text: &str, max_len: Option<usize>, words: bool, out: &mut Encoded) -> Result<()> {
         self.encode_framed(text, Framing::Template, max_len, words, out)
     }
 
-    /// [`Self::encode_into`] with the document's framing chosen: the tokenizer's template, or
+    /// Appends the tokens of `text` with the document's framing chosen: the tokenizer's template, or
     /// plain tokens closed by EOS (which must exist: checked when the plan is built).
     pub fn encode_framed(
         &self,

@@ -52,6 +52,12 @@ impl TaskKind {
             T::Vime(_) => TaskKind::Vime,
         }
     }
+
+    /// Whether the model has a table of absolute token positions (BERT's, GPT-2's), which the
+    /// rows' width must fit.
+    pub fn positions_tokens(&self) -> bool {
+        matches!(self, TaskKind::Mlm | TaskKind::Contrastive | TaskKind::Causal)
+    }
 }
 
 /// One padded sequence batch: ids `(B, T)` u32, an additive key-padding bias `(B, 1, 1, T)` and
@@ -100,7 +106,6 @@ pub enum Inputs {
         keep: Tensor,
         masked: Tensor,
         restore: Tensor,
-        patches: usize,
     },
     /// Denoising: `(B, C, H, W)` each.
     Denoise {
@@ -118,7 +123,6 @@ pub enum Inputs {
 /// A training batch: model inputs and what to count.
 pub struct TrainBatch {
     pub inputs: Inputs,
-    pub rows: usize,
     /// Token positions fed to the model (rows × sequence length, both views or stacks counted).
     pub tokens: usize,
     /// Positions with a loss.
@@ -251,7 +255,7 @@ pub fn to_inputs(
                 return Err(Error::data("a contrastive_image batch needs at least two `view_*` columns"));
             }
             let views = names.iter().map(|n| image(n, c, s)).collect::<Result<Vec<_>>>()?;
-            Ok(TrainBatch { rows, tokens: rows * views.len(), loss_tokens: rows, inputs: Inputs::Images { views } })
+            Ok(TrainBatch { tokens: rows * views.len(), loss_tokens: rows, inputs: Inputs::Images { views } })
         }
         TaskKind::Mae { c, s } => {
             let pixels = image("pixel_values", c, s)?;
@@ -299,14 +303,12 @@ pub fn to_inputs(
                 Tensor::from_vec(v, len, device).map_err(ce)
             };
             Ok(TrainBatch {
-                rows,
                 tokens: rows,
                 loss_tokens: rows,
-                inputs: Inputs::Mae { pixels, keep: t(keep)?, masked: t(masked)?, restore: t(restore)?, patches: n },
+                inputs: Inputs::Mae { pixels, keep: t(keep)?, masked: t(masked)?, restore: t(restore)? },
             })
         }
         TaskKind::DenoiseImage { c, s } => Ok(TrainBatch {
-            rows,
             tokens: rows,
             loss_tokens: rows,
             inputs: Inputs::Denoise { noisy: image("noisy", c, s)?, clean: image("clean", c, s)? },
@@ -323,7 +325,6 @@ pub fn to_inputs(
                 ));
             }
             Ok(TrainBatch {
-                rows,
                 tokens: rows,
                 loss_tokens: rows,
                 inputs: Inputs::Table {
@@ -340,7 +341,6 @@ pub fn to_inputs(
             let (select, targets, n) = selected(labels, rows, w, 0, &cx)?;
             Ok(TrainBatch {
                 inputs: Inputs::Mlm { view: view(ids, mask, rows, w, &cx, "input_ids")?, select, targets },
-                rows,
                 tokens: rows * w,
                 loss_tokens: n,
             })
@@ -355,7 +355,6 @@ pub fn to_inputs(
                     a: view(ia, ma, rows, w, &cx, "input_ids_a")?,
                     b: view(ib, mb, rows, w, &cx, "input_ids_b")?,
                 },
-                rows,
                 tokens: 2 * rows * w,
                 loss_tokens: rows,
             })
@@ -388,7 +387,6 @@ pub fn to_inputs(
                     select,
                     targets,
                 },
-                rows,
                 tokens: rows * w,
                 loss_tokens: n,
             })
@@ -420,7 +418,6 @@ pub fn to_inputs(
                     select,
                     targets,
                 },
-                rows,
                 tokens: rows * (w + lw),
                 loss_tokens: n,
             })

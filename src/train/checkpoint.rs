@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::spec::{canonical_json, Pipeline};
+use crate::ground::durable;
 use crate::train::models::Model;
 use crate::train::optim::AdamW;
 
@@ -43,14 +43,14 @@ pub struct State {
     /// `train.steps` the schedule was computed for.
     pub total_steps: u64,
     /// The open metrics window.
-    pub window: crate::train::Window,
+    pub window: super::metrics::Window,
 }
 
-/// The resolved pipeline without what may change between a run and its resumption: the name,
+/// The resolved pipeline (see [`crate::spec::Pipeline::resolved_json`]) without what may change between a run and its resumption: the name,
 /// export settings, worker count, and the run's bookkeeping (`steps`, `checkpoint`, `prefetch`,
 /// `log_every`, `eval.every_steps`, `device`).
-pub fn run_settings(pipeline: &Pipeline) -> Value {
-    let mut v = pipeline.resolved_json();
+pub fn run_settings(resolved: Value) -> Value {
+    let mut v = resolved;
     if let Some(o) = v.as_object_mut() {
         o.remove("name");
         o.remove("export");
@@ -71,35 +71,9 @@ pub fn run_settings(pipeline: &Pipeline) -> Value {
     v
 }
 
+/// The hash a resumed run's settings must match.
 pub fn settings_hash(settings: &Value) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical_json(settings).as_bytes()))
-}
-
-/// The YAML paths whose values differ between two settings trees, with both values.
-pub fn differences(old: &Value, new: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    diff(old, new, &mut Vec::new(), &mut out);
-    out
-}
-
-fn diff(old: &Value, new: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                path.push(k.clone());
-                diff(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), path, out);
-                path.pop();
-            }
-        }
-        (a, b) if a != b => {
-            let show = |v: &Value| if v.is_null() { "(unset)".to_string() } else { v.to_string() };
-            out.push(format!("{}: {} → {}", path.join("."), show(a), show(b)));
-        }
-        _ => {}
-    }
+    crate::ground::identity::json_hash_hex(settings)
 }
 
 /// The checkpoints in `run_dir`, oldest first.
@@ -165,16 +139,15 @@ pub fn save(run_dir: &Path, model: &Model, opt: &AdamW, state: &State, keep: usi
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::internal(format!("state.json: {e}")))?;
     std::fs::write(tmp.join("state.json"), json).map_err(|e| Error::io(&tmp, "write state.json in", e))?;
     for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
-        let p = tmp.join(f);
-        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, "sync", e))?;
+        durable::sync_file(&tmp.join(f))?;
     }
     let dest = run_dir.join(&name);
     if dest.exists() {
         std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, "replace", e))?;
     }
-    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, "rename into", e))?;
+    durable::rename(&tmp, &dest)?;
     // The rename must be durable before older checkpoints are deleted.
-    sync_dir(run_dir)?;
+    durable::sync_dir(run_dir)?;
     let all = list(run_dir)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, "remove old checkpoint", e))?;
@@ -200,15 +173,6 @@ pub fn read_state(dir: &Path) -> Result<State> {
         )));
     }
     Ok(state)
-}
-
-/// Makes a directory's entries (renames, deletions) durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "sync", e))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// Refuses to start a fresh run in a directory that holds one (before anything is written

@@ -20,9 +20,12 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::spec::{BlockSizes, ModelSpec};
 use crate::tokenize::Specials;
+#[cfg(any(test, feature = "internals"))]
 use crate::train::batch::View;
 use crate::train::models::{Model, Net};
-use crate::train::nn::{ce, read_safetensors, Fwd, MASKED};
+use crate::train::nn::{ce, read_safetensors};
+#[cfg(any(test, feature = "internals"))]
+use crate::train::nn::{Fwd, MASKED};
 
 /// The `transformers` class a model is exported as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +209,7 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// exported `transformers` model computes them: the encoder's MLM head at every position
 /// (attention over the whole sequence), the decoder's next-token logits (causal attention,
 /// positions from 0). For checking an export against `transformers`.
+#[cfg(any(test, feature = "internals"))]
 pub fn logits(model: &Model, ids: &[u32]) -> Result<Vec<f32>> {
     let device = model.params.device().clone();
     let t = ids.len();
@@ -414,14 +418,16 @@ mod tests {
     use super::{load_pretrained, logits, Family};
     use crate::spec::{BlockSizes, ModelSpec};
     use crate::train::batch::TaskKind;
-    use crate::train::models::Model;
+    use crate::train::models::{Model, ModelInput};
 
     fn sizes() -> BlockSizes {
         BlockSizes { layers: 2, hidden: 16, heads: 2, ffn: Some(24), dropout: 0.0 }
     }
 
     fn decoder(seed: u64, max_len: usize) -> Model {
-        Model::new(&ModelSpec::Decoder(sizes()), TaskKind::Causal, 50, max_len, None, seed, &Device::Cpu, DType::F32)
+        let spec = ModelSpec::Decoder(sizes());
+        let input = ModelInput { spec: &spec, kind: TaskKind::Causal, vocab: 50, max_len, byol: None, seed };
+        Model::new(&input, &Device::Cpu, DType::F32)
             .unwrap()
     }
 
@@ -474,7 +480,10 @@ mod tests {
         let spec = ModelSpec::Encoder(
             serde_json::from_value(serde_json::json!({"layers": 2, "hidden": 16, "heads": 2, "ffn": 24})).unwrap(),
         );
-        let make = |seed| Model::new(&spec, TaskKind::Mlm, 50, 12, None, seed, &Device::Cpu, DType::F32).unwrap();
+        let make = |seed| {
+            let input = ModelInput { spec: &spec, kind: TaskKind::Mlm, vocab: 50, max_len: 12, byol: None, seed };
+            Model::new(&input, &Device::Cpu, DType::F32).unwrap()
+        };
         let source = make(1);
         // A bare `BertModel` from a TensorFlow conversion: `gamma`/`beta`, no `bert.`, no MLM head.
         save(
@@ -512,7 +521,18 @@ mod tests {
         let source = decoder(1, 12);
         save(&source, dir.path(), |n| Some(n.to_string()), vec![]);
         let wider =
-            Model::new(&ModelSpec::Decoder(sizes()), TaskKind::Causal, 60, 12, None, 3, &Device::Cpu, DType::F32)
+            Model::new(
+                &ModelInput {
+                    spec: &ModelSpec::Decoder(sizes()),
+                    kind: TaskKind::Causal,
+                    vocab: 60,
+                    max_len: 12,
+                    byol: None,
+                    seed: 3,
+                },
+                &Device::Cpu,
+                DType::F32,
+            )
                 .unwrap();
         let err = load_pretrained(&wider, Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
         assert!(err.contains("`transformer.wte.weight` has shape [50, 16], the model expects [60, 16]"), "{err}");

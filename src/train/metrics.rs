@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +70,7 @@ impl Metrics {
         }
         m.flush()?;
         for (from, to) in [(&jsonl_tmp, &jsonl_path), (&csv_tmp, &csv_path)] {
-            std::fs::rename(from, to).map_err(|e| Error::io(to, "rename into", e))?;
+            crate::ground::durable::rename(from, to)?;
         }
         Ok(m)
     }
@@ -112,3 +113,49 @@ pub fn read(dir: &Path) -> Result<Vec<Record>> {
     }
     Ok(out)
 }
+
+/// Sums over a logging window (saved in checkpoints, so a resumed run logs the same lines).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    loss: f64,
+    steps: u64,
+    tokens: u64,
+    wait_s: f64,
+    wall_s: f64,
+}
+
+impl Window {
+    pub(super) fn add(&mut self, loss: f64, tokens: u64, wait: Duration, wall: Duration) {
+        self.loss += loss;
+        self.steps += 1;
+        self.tokens += tokens;
+        self.wait_s += wait.as_secs_f64();
+        self.wall_s += wall.as_secs_f64();
+    }
+
+    pub(super) fn record(
+        &self,
+        step: u64,
+        epoch: u32,
+        last: super::StepOutcome,
+        tokens_seen: u64,
+        eval_loss: Option<f64>,
+    ) -> Record {
+        Record {
+            step,
+            epoch,
+            loss: self.loss / self.steps.max(1) as f64,
+            lr: last.lr,
+            grad_norm: last.grad_norm,
+            tokens_per_s: self.tokens as f64 / self.wall_s.max(1e-9),
+            data_wait_s: self.wait_s,
+            compute_s: (self.wall_s - self.wait_s).max(0.0),
+            tokens_seen,
+            eval_loss,
+            embedding_std: None,
+            effective_rank: None,
+            source_examples: None,
+        }
+    }
+}
+

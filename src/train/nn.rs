@@ -70,6 +70,7 @@ impl Params {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -91,7 +92,7 @@ impl Params {
 
     /// A weight drawn from N(0, std²); weight decay applies.
     pub fn normal(&mut self, name: &str, shape: &[usize], std: f64) -> Result<Tensor> {
-        let seed = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), self.seed);
+        let seed = crate::ground::seeds::parameter(self.seed, name);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let n = shape.iter().product();
         let values = (0..n)
@@ -116,14 +117,6 @@ impl Params {
     /// Parameters by name, with whether weight decay applies.
     pub fn vars(&self) -> impl Iterator<Item = (&str, &Var, bool)> {
         self.vars.iter().map(|(k, (v, d))| (k.as_str(), v, *d))
-    }
-
-    pub fn len(&self) -> usize {
-        self.vars.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vars.is_empty()
     }
 
     /// Number of scalar parameters.
@@ -222,8 +215,7 @@ impl Fwd {
         }
         let call = self.calls.get();
         self.calls.set(call + 1);
-        let mut rng =
-            Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64_with_seed(&call.to_le_bytes(), self.seed));
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(crate::ground::seeds::dropout(self.seed, call));
         let n = x.elem_count();
         let keep = 1.0 - self.dropout;
         let scale = (1.0 / keep) as f32;
@@ -426,6 +418,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The composed (unfused) versions, for comparing against the fused kernels.
+#[cfg(any(test, feature = "internals"))]
 pub mod reference {
     use super::*;
 

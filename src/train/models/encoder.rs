@@ -76,6 +76,7 @@ impl Encoder {
 
     /// Names of the parameters a task does not use (so they get no gradient): the MLM head when
     /// pooling, the pooler when predicting tokens.
+    #[cfg(any(test, feature = "internals"))]
     pub fn unused(contrastive: bool) -> &'static [&'static str] {
         if contrastive {
             &["cls.predictions."]

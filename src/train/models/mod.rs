@@ -1,10 +1,11 @@
-//! The three model families and the loss each task trains with.
+//! The model families (BERT-style encoder, GPT-2-style decoder, T5-style encoder-decoder, ViT,
+//! CNN, MLP) and the loss each task trains with.
 
 pub mod cnn;
 pub mod decoder;
 pub mod encoder;
 pub mod seq2seq;
-pub mod tabular;
+pub mod mlp;
 pub mod vision;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -18,7 +19,7 @@ pub use cnn::Cnn;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub use seq2seq::Seq2seq;
-pub use tabular::Mlp;
+pub use mlp::Mlp;
 pub use vision::{Vit, VitHead};
 
 /// Loss settings that come from `train:`.
@@ -31,6 +32,7 @@ pub struct Objective {
 }
 
 impl Objective {
+    #[cfg(any(test, feature = "internals"))]
     pub fn contrastive(temperature: f64) -> Objective {
         Objective { temperature, norm_pix_loss: false }
     }
@@ -92,19 +94,26 @@ impl Backbone {
     }
 }
 
+/// What a model is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInput<'a> {
+    pub spec: &'a ModelSpec,
+    /// The batches it trains on.
+    pub kind: TaskKind,
+    /// The vocabulary it embeds (token ids, or a table row's features).
+    pub vocab: usize,
+    /// The longest token row it positions (for MAE, the patch size).
+    pub max_len: usize,
+    /// BYOL's target network and predictor, for `contrastive_image`.
+    pub byol: Option<&'a crate::spec::ByolSpec>,
+    /// The seed of the initial weights (the pipeline's `seed`).
+    pub seed: u64,
+}
+
 impl Model {
-    /// Builds `spec` for `kind` with seeded initial weights.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        spec: &ModelSpec,
-        kind: TaskKind,
-        vocab: usize,
-        max_len: usize,
-        byol: Option<&crate::spec::ByolSpec>,
-        seed: u64,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Model> {
+    /// Builds `input.spec` for `input.kind` with seeded initial weights.
+    pub fn new(input: &ModelInput, device: &Device, dtype: DType) -> Result<Model> {
+        let ModelInput { spec, kind, vocab, max_len, byol, seed } = *input;
         let mut params = Params::new(seed, device, dtype);
         let sizes = spec.sizes().unwrap_or_default();
         let net = match (spec, kind) {
@@ -183,6 +192,7 @@ impl Model {
     }
 
     /// Parameter-name prefixes the task leaves unused (they receive no gradient by design).
+    #[cfg(any(test, feature = "internals"))]
     pub fn unused_prefixes(&self) -> &'static [&'static str] {
         match &self.net {
             Net::Encoder(_) => Encoder::unused(self.kind == TaskKind::Contrastive),

@@ -3,7 +3,7 @@
 //!
 //! Every file's footer is read once when the source opens; its row groups, in file order, then
 //! lay out the rows of a pass. A shuffled pass reads the row groups in a seeded permutation,
-//! and a rank reads only the row groups holding its block of rows (see [`Blocks`]). Each row
+//! and a rank reads only the row groups holding its block of rows (see [`super::split::Blocks`]). Each row
 //! group is fetched with the footer already known, which on an object store is one ranged
 //! request for its columns, the next ones fetched while the current one streams.
 
@@ -12,8 +12,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::scalar::ScalarValue;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
@@ -25,10 +23,11 @@ use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
-use super::files::SourceFile;
 use super::flat;
-use super::Remote;
+use super::layout::{not_parquet, read_failed, RowGroup, SourceFile};
+use super::store::Remote;
 use crate::error::{Error, Result};
+use crate::ground::batches::BatchStream;
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 4096;
@@ -36,25 +35,16 @@ const BATCH_ROWS: usize = 4096;
 /// Footers fetched at once when a source on an object store opens.
 const FOOTER_FETCHES: usize = 16;
 
-/// One row group: `rows` rows of file `file` from its row `first_row`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Group {
-    pub file: usize,
-    pub index: usize,
-    pub first_row: u64,
-    pub rows: u64,
-}
-
 /// The row groups of a source's files and what reading them needs.
 #[derive(Debug)]
-pub struct Units {
+pub struct RowGroups {
     store: Arc<dyn ObjectStore>,
     locations: Vec<StorePath>,
     footers: Vec<ArrowReaderMetadata>,
     /// Whether the files are on an object store.
     remote: bool,
     /// Every row group, file by file.
-    pub groups: Vec<Group>,
+    pub groups: Vec<RowGroup>,
     /// Rows in all files.
     pub rows: u64,
 }
@@ -160,17 +150,9 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
-/// The error for a file whose footer or row groups cannot be read as Parquet.
-pub(super) fn unreadable(f: &SourceFile, e: impl std::fmt::Display) -> Error {
-    Error::data_hint(
-        format!("`{}` is not a readable Parquet file: {e}", f.path.display()),
-        "the file may be truncated or of another format; remove it, or set `source.format` to match the files",
-    )
-}
-
-impl Units {
+impl RowGroups {
     /// Reads every file's footer (local files directly, objects 16 at a time).
-    pub async fn load(files: &[SourceFile], remote: Option<&Remote>) -> Result<Units> {
+    pub async fn load(files: &[SourceFile], remote: Option<&Remote>) -> Result<RowGroups> {
         let (store, locations): (Arc<dyn ObjectStore>, Vec<StorePath>) = match remote {
             Some(r) => {
                 let base = r.base.as_str().trim_end_matches('/').to_string();
@@ -189,7 +171,7 @@ impl Units {
                     .iter()
                     .map(|f| {
                         let abs = std::fs::canonicalize(&f.path).map_err(|e| Error::io(&f.path, "open", e))?;
-                        StorePath::from_absolute_path(&abs).map_err(|e| unreadable(f, e))
+                        StorePath::from_absolute_path(&abs).map_err(|e| not_parquet(f, e))
                     })
                     .collect::<Result<_>>()?;
                 (Arc::new(object_store::local::LocalFileSystem::new()), locations)
@@ -200,7 +182,7 @@ impl Units {
                 .iter()
                 .map(|f| {
                     let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, "open", e))?;
-                    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| unreadable(f, e))
+                    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| not_parquet(f, e))
                 })
                 .collect::<Result<_>>()?
         } else {
@@ -209,7 +191,7 @@ impl Units {
                 async move {
                     ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
                         .await
-                        .map_err(|e| unreadable(f, e))
+                        .map_err(|e| not_parquet(f, e))
                 }
             }))
             .buffered(FOOTER_FETCHES)
@@ -222,7 +204,7 @@ impl Units {
             let mut first_row = 0;
             for (index, rg) in footer.metadata().row_groups().iter().enumerate() {
                 let n = rg.num_rows().max(0) as u64;
-                groups.push(Group { file, index, first_row, rows: n });
+                groups.push(RowGroup { file, index, first_row, rows: n });
                 first_row += n;
             }
             rows += first_row;
@@ -250,10 +232,10 @@ impl Units {
                     footer.schema().metadata().clone(),
                 );
                 let options = ArrowReaderOptions::new().with_schema(Arc::new(schema));
-                ArrowReaderMetadata::try_new(footer.metadata().clone(), options).map_err(|e| unreadable(f, e))
+                ArrowReaderMetadata::try_new(footer.metadata().clone(), options).map_err(|e| not_parquet(f, e))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Units { store, locations, footers, remote: remote.is_some(), groups, rows })
+        Ok(RowGroups { store, locations, footers, remote: remote.is_some(), groups, rows })
     }
 
     /// A cache of whole small objects for one scan that reads the row groups in file order
@@ -265,7 +247,7 @@ impl Units {
     }
 
     /// The compressed size of row group `g`.
-    pub fn group_bytes(&self, g: Group) -> u64 {
+    pub fn group_bytes(&self, g: RowGroup) -> u64 {
         self.footers[g.file].metadata().row_group(g.index).compressed_size().max(0) as u64
     }
 
@@ -278,13 +260,13 @@ impl Units {
     /// holds; `constants` (partition values) are appended as columns.
     pub fn open(
         &self,
-        g: Group,
+        g: RowGroup,
         skip: u64,
         columns: &[String],
         constants: &[(String, ScalarValue)],
         file: &SourceFile,
         cache: Option<&ObjectCache>,
-    ) -> Result<SendableRecordBatchStream> {
+    ) -> Result<BatchStream> {
         let footer = self.footers[g.file].clone();
         let schema = footer.schema().clone();
         // The reader returns the chosen columns in the file's order.
@@ -299,7 +281,7 @@ impl Units {
         let read: SchemaRef = Arc::new(Schema::new(chosen.clone()));
         let generic = {
             let (footer, file, roots, read) = (footer.clone(), file.clone(), roots.clone(), read.clone());
-            move |reader: ObjectReader| -> Result<SendableRecordBatchStream> {
+            move |reader: ObjectReader| -> Result<BatchStream> {
                 let mask =
                     ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots.iter().copied());
                 let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
@@ -309,8 +291,8 @@ impl Units {
                 if skip > 0 {
                     builder = builder.with_offset(skip as usize);
                 }
-                let stream = builder.build().map_err(|e| unreadable(&file, e))?;
-                Ok(Box::pin(RecordBatchStreamAdapter::new(read, stream.map_err(Into::into))))
+                let stream = builder.build().map_err(|e| not_parquet(&file, e))?;
+                Ok(BatchStream::new(read, stream.map_err(Error::from)))
             }
         };
         // Ready-made examples and other fixed-width columns skip the generic reader.
@@ -326,18 +308,18 @@ impl Units {
         let out_schema = out.clone();
         let path = file.path.display().to_string();
         let batches = stream.map(move |r| {
-            let batch = r.map_err(|e| datafusion::error::DataFusionError::from(super::unreadable(&path, e)))?;
+            let batch = r.map_err(|e| read_failed(&path, e))?;
             if constants.is_empty() {
                 return Ok(batch);
             }
             let n = batch.num_rows();
             let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
             for (_, v) in &constants {
-                cols.push(v.to_array_of_size(n)?);
+                cols.push(v.to_array_of_size(n).map_err(Error::from)?);
             }
             Ok(RecordBatch::try_new(out_schema.clone(), cols)?)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(out, batches)))
+        Ok(BatchStream::new(out, batches))
     }
 }
 
@@ -346,13 +328,13 @@ impl Units {
 /// row `skip`. A chunk that turns out not to be flat sends the row group to `generic`.
 fn flat_group(
     meta: Arc<ParquetMetaData>,
-    g: Group,
+    g: RowGroup,
     skip: u64,
     columns: Vec<flat::FlatColumn>,
     schema: SchemaRef,
     reader: ObjectReader,
-    generic: impl FnOnce(ObjectReader) -> Result<SendableRecordBatchStream> + Send + 'static,
-) -> SendableRecordBatchStream {
+    generic: impl FnOnce(ObjectReader) -> Result<BatchStream> + Send + 'static,
+) -> BatchStream {
     let out = schema.clone();
     let mut fetch = reader.clone();
     let decoded = async move {
@@ -387,7 +369,7 @@ fn flat_group(
         Ok::<_, ParquetError>(Some(batch))
     };
     let stream = futures::stream::once(async move {
-        let items: futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>> = match decoded.await {
+        let items: futures::stream::BoxStream<'static, Result<RecordBatch>> = match decoded.await {
             Ok(Some(batch)) => {
                 let n = batch.num_rows();
                 let from = (skip as usize).min(n);
@@ -397,35 +379,12 @@ fn flat_group(
             }
             Ok(None) => match generic(reader) {
                 Ok(s) => s.boxed(),
-                Err(e) => futures::stream::once(async move { Err(e.into()) }).boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             },
-            Err(e) => futures::stream::once(async move { Err(e.into()) }).boxed(),
+            Err(e) => futures::stream::once(async move { Err(Error::from(e)) }).boxed(),
         };
         items
     })
     .flatten();
-    Box::pin(RecordBatchStreamAdapter::new(out, stream))
-}
-
-/// A rank's block of a pass when sharding by row groups: rank `r` of `w` takes the rows
-/// `r·n/w .. (r+1)·n/w` of the pass's row order (`n` rows in all), so the blocks cover the rows,
-/// never overlap and differ by at most one row, and a rank opens only the row groups its block
-/// touches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blocks {
-    pub rows: u64,
-}
-
-impl Blocks {
-    /// The positions (in the pass's row order) of `shard`'s block.
-    pub fn range(&self, shard: super::Shard) -> std::ops::Range<u64> {
-        let at = |r: u64| ((r as u128 * self.rows as u128) / shard.world_size.max(1) as u128) as u64;
-        at(shard.rank)..at(shard.rank + 1)
-    }
-
-    /// The last window holding rows of `shard`'s block (`None`: an empty block).
-    pub fn last_window(&self, shard: super::Shard, window_rows: u64) -> Option<u64> {
-        let r = self.range(shard);
-        (r.end > r.start).then(|| (r.end - 1) / window_rows.max(1))
-    }
+    BatchStream::new(out, stream)
 }

@@ -6,24 +6,10 @@ use std::path::{Path, PathBuf};
 use object_store::path::Path as StorePath;
 
 use super::delta;
+use super::layout::{not_parquet, SourceFile};
 use super::store::{self, Remote};
 use crate::error::{Error, Result};
 use crate::spec::{Format, Member, Pipeline};
-
-/// One input file.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SourceFile {
-    /// Absolute or pipeline-relative path used to open it.
-    #[serde(skip)]
-    pub path: PathBuf,
-    /// Path relative to the source root: what keys and the manifest use, so moving the dataset
-    /// keeps its keys.
-    pub relative: String,
-    pub bytes: u64,
-    /// Partition values from `key=value` directories, outermost first.
-    #[serde(skip)]
-    pub partitions: Vec<(String, String)>,
-}
 
 const PARQUET: &[&str] = &["parquet", "pq", "parq"];
 const ARROW: &[&str] = &["arrow", "ipc", "feather", "arrows"];
@@ -342,7 +328,7 @@ pub fn check_parquet_footers(files: &[SourceFile]) -> Result<()> {
     for f in files.iter().filter(|f| !super::store::is_remote(&f.path.to_string_lossy())) {
         let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, "open", e))?;
         if let Err(e) = parquet::file::reader::SerializedFileReader::new(file) {
-            return Err(super::units::unreadable(f, e));
+            return Err(not_parquet(f, e));
         }
     }
     Ok(())
