@@ -14,7 +14,7 @@ index = doc["index"]
 seen, listed = set(), []
 
 
-def visit(item_id, path):
+def visit(item_id, path, alias=None):
     item = index.get(str(item_id))
     if item is None or item["crate_id"] != 0 or item_id in seen:
         return
@@ -22,12 +22,12 @@ def visit(item_id, path):
         return
     seen.add(item_id)
     kind, inner = next(iter(item["inner"].items()))
-    name = item.get("name") or ""
-    here = f"{path}::{name}" if name else path
+    name = alias or item.get("name") or ""
+    here = f"{path}::{name}" if path and name else (name or path)
     if kind == "use":
         target = inner.get("id")
         if target is not None:
-            visit(target, path if inner.get("is_glob") else f"{path}")
+            visit(target, path, None if inner.get("is_glob") else inner.get("name", name))
         return
     if kind != "impl":
         listed.append((kind, here))
@@ -53,7 +53,7 @@ def visit(item_id, path):
                 visit(c, path)
 
 
-visit(doc["root"], "pretext")
+visit(doc["root"], "")
 listed = listed[1:]  # the crate root itself
 if "--list" in sys.argv:
     for kind, p in sorted(listed, key=lambda x: x[1]):

@@ -72,7 +72,7 @@ internal_mod!(vision);
 pub use error::{Error, Pos, Result, SpecError, SpecErrors};
 pub use ground::batches::BatchStream;
 pub use plan::{BuildOptions, Plan};
-pub use sink::export::{ExportReport, ReadCounts};
+pub use sink::export::ExportReport;
 pub use sink::run::{run as export, ExportRequest};
 pub use source::{Shard, Split};
 pub use spec::{load as load_pipeline, load_str, Pipeline};

@@ -19,7 +19,7 @@ use crate::error::Result;
 /// pretext: self-supervised pretraining data from data-lake tables, from one YAML pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "pretext", version, about, long_about = None)]
-pub struct Cli {
+struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -127,7 +127,7 @@ enum Command {
 
 /// Runs a parsed command; the `Ok` value is the process exit code.
 /// Runs a parsed command; the exit code on success.
-pub fn run(cli: Cli) -> Result<i32> {
+fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate { files, sets } => validate::run(&files, &sets),
         Command::Preview { file, n, out, sets } => preview::run(&file, n, out.as_deref(), &sets),

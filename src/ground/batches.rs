@@ -26,13 +26,8 @@ pub struct BatchStream {
 
 impl BatchStream {
     /// The batches of `stream`, which all have `schema`.
-    pub fn new(schema: SchemaRef, stream: impl Stream<Item = Result<RecordBatch>> + Send + 'static) -> Self {
+    pub(crate) fn new(schema: SchemaRef, stream: impl Stream<Item = Result<RecordBatch>> + Send + 'static) -> Self {
         BatchStream { schema, inner: stream.boxed() }
-    }
-
-    /// A stream that yields `error` and ends.
-    pub fn failed(schema: SchemaRef, error: Error) -> Self {
-        BatchStream::new(schema, futures::stream::once(async move { Err(error) }))
     }
 
     /// The schema of every batch.
@@ -42,7 +37,7 @@ impl BatchStream {
 
     /// DataFusion's stream, its errors turned into pretext's (an error pretext raised inside a
     /// DataFusion plan comes back out as itself).
-    pub fn from_datafusion(stream: SendableRecordBatchStream) -> Self {
+    pub(crate) fn from_datafusion(stream: SendableRecordBatchStream) -> Self {
         let schema = stream.schema();
         BatchStream::new(schema, stream.map(|r| r.map_err(Error::from)))
     }
@@ -70,4 +65,21 @@ impl std::fmt::Debug for BatchStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchStream").field("schema", &self.schema).finish_non_exhaustive()
     }
+}
+
+/// A batch of documents (`example_key` 0.., `text`), for the tests of the stages that read text.
+#[cfg(test)]
+pub(crate) fn docs(texts: &[&str]) -> RecordBatch {
+    use arrow::array::{StringViewArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("example_key", DataType::UInt64, false),
+        Field::new("text", DataType::Utf8View, false),
+    ]));
+    let keys = UInt64Array::from_iter_values(0..texts.len() as u64);
+    RecordBatch::try_new(
+        schema,
+        vec![std::sync::Arc::new(keys), std::sync::Arc::new(StringViewArray::from(texts.to_vec()))],
+    )
+    .unwrap()
 }

@@ -183,7 +183,7 @@ impl Plan {
 
     /// Elastic resume: the cursors every rank of a world saved after the same batch, turned
     /// into cursors for `world_size` ranks that together deliver exactly the rest of the pass
-    /// (see [`StreamCursor::rebalance`]).
+    /// (see `StreamCursor::rebalance`).
     pub fn rebalance(&self, old: &[StreamCursor], world_size: u64, split: Split) -> Result<Vec<StreamCursor>> {
         let blocks: Vec<_> = self.sources.iter().map(|s| s.blocks(split).map(|b| (b, self.window_rows()))).collect();
         StreamCursor::rebalance(old, world_size, &blocks)

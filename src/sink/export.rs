@@ -43,18 +43,18 @@ pub struct ExportReport {
     /// The destination already held this finished export: nothing was done.
     pub already_complete: bool,
     /// What was read, summed over the sources (`_manifest.json` has them per source).
-    pub read: ReadCounts,
+    pub(crate) read: ReadCounts,
     /// Whether the task reads text (else images or table rows).
-    pub text: bool,
+    pub(crate) text: bool,
     /// The share of token positions that are padding (text tasks).
-    pub padding: Option<f64>,
+    pub(crate) padding: Option<f64>,
     /// A mixture: the examples written from each source, in the order written.
-    pub per_source: Vec<(String, u64)>,
+    pub(crate) per_source: Vec<(String, u64)>,
 }
 
 /// What the sources read, summed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReadCounts {
+pub(crate) struct ReadCounts {
     pub rows_read: u64,
     pub documents: u64,
     /// Rows skipped for a null or blank text.

@@ -154,18 +154,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{AsArray, StringViewArray, UInt64Array};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use crate::ground::batches::docs;
+    use arrow::array::AsArray;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn docs(texts: &[&str]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("example_key", DataType::UInt64, false),
-            Field::new("text", DataType::Utf8View, false),
-        ]));
-        let keys = UInt64Array::from_iter_values(0..texts.len() as u64);
-        RecordBatch::try_new(schema, vec![Arc::new(keys), Arc::new(StringViewArray::from(texts.to_vec()))]).unwrap()
-    }
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()

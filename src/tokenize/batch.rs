@@ -150,16 +150,7 @@ pub fn split_text(input: BatchStream, max_bytes: usize) -> BatchStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{StringViewArray, UInt64Array};
-
-    fn docs(texts: &[&str]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("example_key", DataType::UInt64, false),
-            Field::new("text", DataType::Utf8View, false),
-        ]));
-        let keys = UInt64Array::from_iter_values(0..texts.len() as u64);
-        RecordBatch::try_new(schema, vec![Arc::new(keys), Arc::new(StringViewArray::from(texts.to_vec()))]).unwrap()
-    }
+    use crate::ground::batches::docs;
 
     #[test]
     fn text_is_cut_into_jobs_of_bounded_size_without_losing_a_row() {

@@ -45,20 +45,19 @@ pub struct TrainOptions {
 #[derive(Debug, Clone)]
 pub struct TrainReport {
     /// The device trained on, described (`cpu (2 threads)`, `cuda:0`).
-    pub device: String,
-    pub parameters: usize,
+    pub(crate) device: String,
     /// Steps done before this call (a resumed run's checkpoint).
     pub start_step: u64,
     /// Steps done by this call.
     pub steps: u64,
     /// `train.steps`.
-    pub total_steps: u64,
+    pub(crate) total_steps: u64,
     /// Tokens (images, table rows: see `unit`) trained on by this call.
     pub tokens: u64,
     /// What `tokens` counts: `tokens`, `images` or `rows`.
     pub unit: &'static str,
     pub seconds: f64,
-    pub data_wait_seconds: f64,
+    pub(crate) data_wait_seconds: f64,
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
     pub eval_loss: Option<f64>,

@@ -41,7 +41,6 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
     let (total_steps, unit, dir) = (cfg.steps, plan.train.unit, run_dir.clone());
     let report = |steps, tokens, seconds, wait: Duration, first_loss, state: &State, checkpoint| TrainReport {
         device: device_name.clone(),
-        parameters,
         start_step,
         steps,
         tokens,
