@@ -4,6 +4,7 @@ mod export;
 internal_mod!(export_model);
 mod plot;
 mod preview;
+pub use preview::preview_text;
 mod probe;
 mod saved;
 mod schema;

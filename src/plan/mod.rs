@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result, SpecError, SpecErrors};
-use crate::source::{Columns, Shard, Source};
+use crate::source::{Columns, Shard, Source, Split};
 use crate::spec::{
     default_model, ExportSpec, Format, MixtureStop, ModelSpec, OptionValue, Pipeline, TaskInput, TaskSpec, TrainSpec,
 };
@@ -297,6 +297,26 @@ impl Plan {
     /// `stream.epochs`: the passes [`Plan::stream`] makes (an export's length).
     pub fn epochs(&self) -> u32 {
         self.epochs
+    }
+
+    /// The split named `name`: `all`, or `train` / `eval`, the two sides of the held-out split
+    /// `train.eval` defines (`None` when the pipeline has no `train.eval`, or for another name).
+    pub fn split(&self, name: &str) -> Option<Split> {
+        let eval = self.train.spec.eval.as_ref();
+        match name {
+            "all" => Some(Split::All),
+            "train" => eval.map(|e| Split::Train { fraction: e.fraction, seed: self.seed }),
+            "eval" => eval.map(|e| Split::Eval { fraction: e.fraction, seed: self.seed }),
+            _ => None,
+        }
+    }
+
+    /// The vocabulary's size and its special ids by name (`pad`, `unk`, `cls`, `sep`, `mask`,
+    /// `bos`, `eos`; `None` where it has none): what a model built for the batches needs.
+    pub fn vocabulary(&self) -> (u32, [(&'static str, Option<u32>); 7]) {
+        let s = &self.tokenizer.specials;
+        let ids = [("pad", s.pad), ("unk", s.unk), ("cls", s.cls), ("sep", s.sep), ("mask", s.mask), ("bos", s.bos), ("eos", s.eos)];
+        (self.tokenizer.vocab_size, ids)
     }
 
     /// The task's name as written in YAML (`mlm`, …).
