@@ -93,10 +93,7 @@ def bert_steps(loader: Any, vocab: int, steps: int) -> dict[str, float]:
             wait += t1 - t0
             work += t2 - t1
             tokens += batch["input_ids"].numel()
-    return {
-        "bert_wait_pct": 100 * wait / (wait + work),
-        "bert_tok_s": tokens / (wait + work),
-    }
+    return {"bert_wait_pct": 100 * wait / (wait + work), "bert_tok_s": tokens / (wait + work)}
 
 
 def touch(batch: dict[str, Any]) -> int:
@@ -122,11 +119,7 @@ def hf_tokenized(corpus: str, tok_file: str, cache: str, num_proc: int) -> Any:
         mask_token="[MASK]",
     )
     raw = datasets.load_dataset("parquet", data_files=corpus, split="train", cache_dir=cache)
-    raw = raw.filter(
-        lambda b: [t is not None and t.strip() != "" for t in b["text"]],
-        batched=True,
-        num_proc=num_proc,
-    )
+    raw = raw.filter(lambda b: [t is not None and t.strip() != "" for t in b["text"]], batched=True, num_proc=num_proc)
     tokenized = raw.map(
         lambda b: tok(b["text"], return_special_tokens_mask=True),
         batched=True,
@@ -135,7 +128,7 @@ def hf_tokenized(corpus: str, tok_file: str, cache: str, num_proc: int) -> Any:
     )
 
     def group_texts(examples: dict[str, list]) -> dict[str, list]:
-        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
         total = (len(concatenated["input_ids"]) // SEQ) * SEQ
         return {k: [t[i : i + SEQ] for i in range(0, total, SEQ)] for k, t in concatenated.items()}
 
@@ -158,10 +151,7 @@ class ToFeatures:
     def __call__(self, items: list[dict[str, Any]]) -> Any:
         return self.collate(
             [
-                {
-                    "input_ids": r["input_ids"].tolist(),
-                    "special_tokens_mask": r["special_tokens_mask"].tolist(),
-                }
+                {"input_ids": r["input_ids"].tolist(), "special_tokens_mask": r["special_tokens_mask"].tolist()}
                 for r in items
             ]
         )
@@ -206,12 +196,7 @@ def make_hf(corpus: str, tok_file: str, work: str) -> tuple[Callable[[Any], Any]
         # (a plain DataLoader cannot: it replays the epoch up to the step).
         g = torch.Generator().manual_seed(0)
         dl = StatefulDataLoader(
-            grouped,
-            batch_size=BATCH,
-            shuffle=True,
-            generator=g,
-            collate_fn=collate,
-            num_workers=WORKERS,
+            grouped, batch_size=BATCH, shuffle=True, generator=g, collate_fn=collate, num_workers=WORKERS
         )
         if state is not None:
             dl.load_state_dict(state)
@@ -221,18 +206,17 @@ def make_hf(corpus: str, tok_file: str, work: str) -> tuple[Callable[[Any], Any]
 
 
 def rows_of(grouped: Any) -> Iterable[dict[str, Any]]:
-    """The grouped rows as numpy arrays (every row is SEQ long), read through Arrow in chunks."""
+    """The grouped rows as numpy arrays (every row is SEQ long), read through Arrow in chunks
+    (datasets' numpy format imports torchvision.io, which not every torchvision has)."""
     import numpy as np
 
     table = grouped.with_format("arrow")
     for start in range(0, len(grouped), 4096):
         chunk = table[start : start + 4096]
         ids = chunk.column("input_ids").combine_chunks().flatten().to_numpy().astype(np.int32).reshape(-1, SEQ)
-        special = (
-            chunk.column("special_tokens_mask").combine_chunks().flatten().to_numpy().astype(np.int8).reshape(-1, SEQ)
-        )
-        for i in range(len(ids)):
-            yield {"input_ids": ids[i], "special_tokens_mask": special[i]}
+        special = chunk.column("special_tokens_mask").combine_chunks().flatten().to_numpy().astype(np.int8)
+        for row, mask in zip(ids, special.reshape(-1, SEQ), strict=True):
+            yield {"input_ids": row, "special_tokens_mask": mask}
 
 
 def make_mosaic(corpus: str, tok_file: str, work: str) -> tuple[Callable[[Any], Any], Callable[[], Any]]:
@@ -241,9 +225,7 @@ def make_mosaic(corpus: str, tok_file: str, work: str) -> tuple[Callable[[Any], 
     tok, grouped = hf_tokenized(corpus, tok_file, os.path.join(work, "cache"), WORKERS)
     out = os.path.join(work, "mds")
     with MDSWriter(
-        out=out,
-        columns={"input_ids": "ndarray:int32", "special_tokens_mask": "ndarray:int8"},
-        compression=None,
+        out=out, columns={"input_ids": "ndarray:int32", "special_tokens_mask": "ndarray:int8"}, compression=None
     ) as w:
         for row in rows_of(grouped):
             w.write(row)
@@ -274,12 +256,7 @@ def make_litdata(corpus: str, tok_file: str, work: str) -> tuple[Callable[[Any],
     rows = list(rows_of(grouped))
 
     litdata.optimize(
-        fn=_identity,
-        inputs=rows,
-        output_dir=out,
-        chunk_bytes="16MB",
-        num_workers=WORKERS,
-        mode="overwrite",
+        fn=_identity, inputs=rows, output_dir=out, chunk_bytes="16MB", num_workers=WORKERS, mode="overwrite"
     )
     to_features = ToFeatures(tok)
 
@@ -297,12 +274,7 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-SYSTEMS = {
-    "pretext": make_pretext,
-    "hf": make_hf,
-    "mosaic": make_mosaic,
-    "litdata": make_litdata,
-}
+SYSTEMS = {"pretext": make_pretext, "hf": make_hf, "mosaic": make_mosaic, "litdata": make_litdata}
 
 
 def run_one(system: str, corpus: str, tok_file: str, bert: int) -> dict[str, Any]:
@@ -381,24 +353,12 @@ def main() -> None:
     p.add_argument("tokenizer")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--systems", default=",".join(SYSTEMS))
-    p.add_argument(
-        "--bert",
-        type=int,
-        default=8,
-        help="BERT steps per run for the data-wait figure (0: none)",
-    )
+    p.add_argument("--bert", type=int, default=8, help="BERT steps per run for the data-wait figure (0: none)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(
-            json.dumps(
-                run_one(
-                    args.one,
-                    os.path.abspath(args.corpus),
-                    os.path.abspath(args.tokenizer),
-                    args.bert,
-                )
-            ),
+            json.dumps(run_one(args.one, os.path.abspath(args.corpus), os.path.abspath(args.tokenizer), args.bert)),
             flush=True,
         )
         return
@@ -409,16 +369,7 @@ def main() -> None:
         order = systems[r % len(systems) :] + systems[: r % len(systems)]
         for s in order:
             out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    args.corpus,
-                    args.tokenizer,
-                    "--one",
-                    s,
-                    "--bert",
-                    str(args.bert),
-                ],
+                [sys.executable, __file__, args.corpus, args.tokenizer, "--one", s, "--bert", str(args.bert)],
                 check=False,
                 capture_output=True,
                 text=True,
@@ -429,14 +380,7 @@ def main() -> None:
             line = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps(line), flush=True)
             results[s].append(line)
-    keys = [
-        "prep_s",
-        "first_s",
-        "end_to_end_s",
-        "steady_tok_s",
-        "resume_first_s",
-        "peak_rss_mb",
-    ]
+    keys = ["prep_s", "first_s", "end_to_end_s", "steady_tok_s", "resume_first_s", "peak_rss_mb"]
     if args.bert:
         keys += ["bert_wait_pct", "bert_tok_s"]
     med = {s: {k: statistics.median(x[k] for x in v) for k in keys} for s, v in results.items() if v}
