@@ -405,11 +405,26 @@ fn train_rules(spec: &PipelineSpec, train: &TrainSpec, issues: &mut Vec<Issue>) 
         )),
         Some(_) => {}
     }
-    if train.schedule.warmup_steps > train.steps {
+    let schedule = &train.schedule;
+    if schedule.warmup_steps.is_some() && schedule.warmup_ratio.is_some() {
+        issues.push(Issue::at(
+            &p(&["train", "schedule", "warmup_ratio"]),
+            "`warmup_steps` and `warmup_ratio` are both given".into(),
+            Some("keep one: `warmup_ratio` (a share of `steps`) fits any run length".into()),
+        ));
+    }
+    if let Some(r) = schedule.warmup_ratio.filter(|r| !(0.0..=1.0).contains(r)) {
+        issues.push(Issue::at(
+            &p(&["train", "schedule", "warmup_ratio"]),
+            format!("warmup_ratio {r} is not between 0 and 1"),
+            Some("warmup is usually 0.01-0.1 of the steps".into()),
+        ));
+    }
+    if let Some(w) = schedule.warmup_steps.filter(|&w| w > train.steps) {
         issues.push(Issue::at(
             &p(&["train", "schedule", "warmup_steps"]),
-            format!("warmup_steps {} is more than steps {}", train.schedule.warmup_steps, train.steps),
-            Some("warmup is usually 1-10% of the steps".into()),
+            format!("warmup_steps {w} is more than steps {}", train.steps),
+            Some("use `warmup_ratio` (e.g. 0.06) so warmup follows `steps`, or lower `warmup_steps`".into()),
         ));
     }
 }

@@ -1486,12 +1486,18 @@ fn default_eps() -> f64 {
 }
 
 /// Linear warmup to the peak learning rate, then decay to `min_lr_ratio` × peak at `steps`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
-    /// Steps of linear warmup.
-    #[serde(default = "default_warmup")]
-    pub warmup_steps: u64,
+    /// Steps of linear warmup, a fixed count (it must not exceed `steps`). Give this or
+    /// `warmup_ratio`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
+    /// Warmup as a share of `train.steps`, rounded up (transformers' `warmup_ratio`). Default
+    /// 0.06 when neither key is given, so the default fits any run length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub warmup_ratio: Option<f64>,
     /// `cosine`, `linear` or `constant` after warmup.
     #[serde(default)]
     pub decay: Decay,
@@ -1501,14 +1507,22 @@ pub struct ScheduleSpec {
     pub min_lr_ratio: f64,
 }
 
-impl Default for ScheduleSpec {
-    fn default() -> Self {
-        ScheduleSpec { warmup_steps: default_warmup(), decay: Decay::default(), min_lr_ratio: 0.0 }
-    }
-}
+impl ScheduleSpec {
+    /// The warmup ratio used when the pipeline names neither `warmup_steps` nor `warmup_ratio`.
+    pub const DEFAULT_WARMUP_RATIO: f64 = 0.06;
 
-fn default_warmup() -> u64 {
-    100
+    /// Warmup steps for a run of `steps` optimizer steps: `warmup_steps` as written, else
+    /// ⌈`warmup_ratio` × `steps`⌉ (never more than `steps`).
+    pub fn warmup(&self, steps: u64) -> u64 {
+        match self.warmup_steps {
+            Some(n) => n,
+            None => {
+                let ratio = self.warmup_ratio.unwrap_or(Self::DEFAULT_WARMUP_RATIO).clamp(0.0, 1.0);
+                // Less a hair, so that 0.1 × 300 (30.000000000000004 in f64) is 30, not 31.
+                ((ratio * steps as f64 - 1e-9).ceil().max(0.0) as u64).min(steps)
+            }
+        }
+    }
 }
 
 /// Decay after warmup.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
 
 use crate::error::{Error, Result};
 use crate::spec::{AdamWSpec, Decay, ScheduleSpec};
@@ -31,8 +31,9 @@ impl AdamW {
             .vars()
             .filter(|(name, _, _)| params.trainable(name))
             .map(|(name, var, _)| {
-                let z = var.zeros_like().map_err(ce)?.to_dtype(DType::F32).map_err(ce)?;
-                Ok((name.to_string(), (z.clone(), z)))
+                // Two tensors, not one shared: the update writes the moments in place.
+                let zeros = || var.zeros_like().and_then(|z| z.to_dtype(DType::F32)).map_err(ce);
+                Ok((name.to_string(), (zeros()?, zeros()?)))
             })
             .collect::<Result<_>>()?;
         let mut opt = AdamW { cfg: cfg.clone(), step: 0, moments, masters: BTreeMap::new() };
@@ -51,25 +52,50 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from gradients by parameter name.
+    ///
+    /// On the CPU each parameter is updated in three in-place passes (both moments, then the
+    /// weight) with no temporary tensors; elsewhere, and for tensors that are not contiguous, by
+    /// candle's composed ops, which compute exactly the same values (see the tests).
     pub fn update(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+        self.update_with(params, grads, lr, true)
+    }
+
+    /// [`AdamW::update`] through candle's composed ops only: the baseline of the fused passes
+    /// (benches, tests).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn update_composed(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+        self.update_with(params, grads, lr, false)
+    }
+
+    fn update_with(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>, lr: f64, fused: bool) -> Result<()> {
         self.step += 1;
         let c = &self.cfg;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let k = StepConstants::new(c, lr, self.step);
         for (name, var, decay) in params.vars() {
             let Some(g) = grads.get(name).filter(|_| params.trainable(name)) else { continue };
-            let mut f = || -> candle_core::Result<()> {
+            let (m, v) = self.moments.get_mut(name).expect("a moment per parameter");
+            let master = self.masters.get_mut(name);
+            let decay = decay && c.weight_decay > 0.0;
+            let f = || -> candle_core::Result<()> {
                 let g = g.to_dtype(DType::F32)?;
-                let (m, v) = self.moments.get_mut(name).expect("a moment per parameter");
+                let weight = match &master {
+                    Some(w) => (*w).clone(),
+                    None => var.as_tensor().clone(),
+                };
+                if fused && [&weight, &*m, &*v, &g].iter().all(|t| t.device().is_cpu() && t.is_contiguous()) {
+                    m.inplace_op2(&g, &Moment { beta: k.beta1, squared: false })?;
+                    v.inplace_op2(&g, &Moment { beta: k.beta2, squared: true })?;
+                    weight.inplace_op3(m, v, &Apply { k, decay })?;
+                    if master.is_some() {
+                        var.set(&weight.to_dtype(var.dtype())?)?;
+                    }
+                    return Ok(());
+                }
                 *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                 *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                let master = self.masters.get_mut(name);
-                let p = match &master {
-                    Some(w) => (*w).clone(),
-                    None => var.as_tensor().to_dtype(DType::F32)?,
-                };
-                let p = if decay && c.weight_decay > 0.0 { (&p * (1.0 - lr * c.weight_decay))? } else { p };
-                let step = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
+                let p = weight.to_dtype(DType::F32)?;
+                let p = if decay { (&p * (1.0 - lr * c.weight_decay))? } else { p };
+                let step = ((&*m / k.bc1)? / ((&*v / k.bc2)?.sqrt()? + c.eps)?)?;
                 let p = (p - (step * lr)?)?;
                 var.set(&p.to_dtype(var.dtype())?)?;
                 if let Some(w) = master {
@@ -129,15 +155,128 @@ impl AdamW {
     }
 }
 
-/// The learning rate at optimizer step `step` (0-based) of `total`: linear warmup over
-/// `warmup_steps` (the first step already uses 1/warmup of the peak), then cosine or linear decay
-/// to `min_lr_ratio` × peak at `total`.
-pub fn learning_rate(peak: f64, s: &ScheduleSpec, step: u64, total: u64) -> f64 {
-    if step < s.warmup_steps {
-        return peak * (step + 1) as f64 / s.warmup_steps as f64;
+/// One step's AdamW scalars, rounded to f32 as candle's `tensor * f64` (an affine map in the
+/// tensor's type) rounds them, so that the fused passes and the composed ops agree bit for bit.
+#[derive(Clone, Copy)]
+struct StepConstants {
+    beta1: (f32, f32),
+    beta2: (f32, f32),
+    /// `1 / (1 − β₁ᵗ)`, `1 / (1 − β₂ᵗ)`: candle divides by a scalar as a multiply by its inverse.
+    inv_bc1: f32,
+    inv_bc2: f32,
+    bc1: f64,
+    bc2: f64,
+    eps: f32,
+    lr: f32,
+    /// `1 − lr · weight_decay`.
+    shrink: f32,
+}
+
+impl StepConstants {
+    fn new(c: &AdamWSpec, lr: f64, step: u64) -> Self {
+        let bc1 = 1.0 - c.beta1.powi(step as i32);
+        let bc2 = 1.0 - c.beta2.powi(step as i32);
+        StepConstants {
+            beta1: (c.beta1 as f32, (1.0 - c.beta1) as f32),
+            beta2: (c.beta2 as f32, (1.0 - c.beta2) as f32),
+            inv_bc1: (1.0 / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            bc1,
+            bc2,
+            eps: c.eps as f32,
+            lr: lr as f32,
+            shrink: (1.0 - lr * c.weight_decay) as f32,
+        }
     }
-    let span = total.saturating_sub(s.warmup_steps).max(1) as f64;
-    let progress = ((step - s.warmup_steps) as f64 / span).min(1.0);
+}
+
+/// The contiguous f32 slice of a CPU storage.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
+    }
+}
+
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
+    }
+}
+
+/// `m ← β·m + (1 − β)·g` (or `g²` for the second moment), in place.
+struct Moment {
+    beta: (f32, f32),
+    squared: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, l: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let m = slice_mut(dst, l, self.name())?;
+        let g = slice(g, gl, self.name())?;
+        if m.len() != g.len() {
+            candle_core::bail!("{}: {} moments for {} gradients", self.name(), m.len(), g.len());
+        }
+        let (b, rest) = self.beta;
+        if self.squared {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * g) * rest);
+        } else {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + g * rest);
+        }
+        Ok(())
+    }
+}
+
+/// `p ← p·(1 − lr·wd) − lr · m̂ / (√v̂ + ε)` from the updated moments, in place.
+struct Apply {
+    k: StepConstants,
+    decay: bool,
+}
+
+impl InplaceOp3 for Apply {
+    fn name(&self) -> &'static str {
+        "adamw-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let p = slice_mut(dst, l, self.name())?;
+        let (m, v) = (slice(m, ml, self.name())?, slice(v, vl, self.name())?);
+        if p.len() != m.len() || p.len() != v.len() {
+            candle_core::bail!("{}: {} weights for {} and {} moments", self.name(), p.len(), m.len(), v.len());
+        }
+        let k = self.k;
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            let update = (m * k.inv_bc1) / ((v * k.inv_bc2).sqrt() + k.eps);
+            let w = if self.decay { *p * k.shrink } else { *p };
+            *p = w - update * k.lr;
+        }
+        Ok(())
+    }
+}
+
+/// The learning rate at optimizer step `step` (0-based) of `total`: linear warmup over
+/// [`ScheduleSpec::warmup`] steps (the first step already uses 1/warmup of the peak), then cosine
+/// or linear decay to `min_lr_ratio` × peak at `total`.
+pub fn learning_rate(peak: f64, s: &ScheduleSpec, step: u64, total: u64) -> f64 {
+    let warmup = s.warmup(total);
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let progress = ((step - warmup) as f64 / span).min(1.0);
     let shape = match s.decay {
         Decay::Constant => 1.0,
         Decay::Linear => 1.0 - progress,
@@ -149,11 +288,18 @@ pub fn learning_rate(peak: f64, s: &ScheduleSpec, step: u64, total: u64) -> f64 
 /// The global L2 norm of the gradients; when `max_norm > 0` and the norm is larger, scales them
 /// down to `max_norm` (PyTorch `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
+    // Summed on the gradients' device and read once (one device→host read per step, not one per
+    // parameter).
+    let mut total: Option<Tensor> = None;
     for g in grads.values() {
-        total += g.to_dtype(DType::F32).and_then(|g| g.sqr()?.sum_all()?.to_scalar::<f32>()).map_err(ce)? as f64;
+        let s = g.to_dtype(DType::F32).and_then(|g| g.sqr()?.sum_all()).map_err(ce)?;
+        total = Some(match total {
+            None => s,
+            Some(t) => (t + s).map_err(ce)?,
+        });
     }
-    let norm = total.sqrt();
+    let total = total.map(|t| t.to_scalar::<f32>()).transpose().map_err(ce)?.unwrap_or(0.0);
+    let norm = (total as f64).sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
         for g in grads.values_mut() {
@@ -169,14 +315,31 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = ScheduleSpec { warmup_steps: 10, decay: Decay::Cosine, min_lr_ratio: 0.1 };
+        let s = ScheduleSpec { warmup_steps: Some(10), decay: Decay::Cosine, min_lr_ratio: 0.1, ..Default::default() };
         assert!((learning_rate(1.0, &s, 0, 110) - 0.1).abs() < 1e-12);
         assert!((learning_rate(1.0, &s, 9, 110) - 1.0).abs() < 1e-12);
         assert!((learning_rate(1.0, &s, 10, 110) - 1.0).abs() < 1e-12);
         assert!((learning_rate(1.0, &s, 60, 110) - 0.55).abs() < 1e-12);
         assert!((learning_rate(1.0, &s, 110, 110) - 0.1).abs() < 1e-12);
-        let l = ScheduleSpec { warmup_steps: 0, decay: Decay::Linear, min_lr_ratio: 0.0 };
+        let l = ScheduleSpec { warmup_steps: Some(0), decay: Decay::Linear, ..Default::default() };
         assert!((learning_rate(2.0, &l, 25, 100) - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn warmup_ratio_follows_the_run_length() {
+        let default = ScheduleSpec::default();
+        assert_eq!(default.warmup(1000), 60);
+        assert_eq!(default.warmup(5), 1, "rounded up, as transformers does");
+        assert_eq!(default.warmup(0), 0);
+        let r = ScheduleSpec { warmup_ratio: Some(0.5), ..Default::default() };
+        assert_eq!(r.warmup(7), 4);
+        let tenth = ScheduleSpec { warmup_ratio: Some(0.1), ..Default::default() };
+        assert_eq!(tenth.warmup(300), 30, "0.1 × 300 is 30 although f64 says 30.000000000000004");
+        assert_eq!(ScheduleSpec { warmup_ratio: Some(0.13), ..Default::default() }.warmup(150), 20);
+        assert!((learning_rate(1.0, &r, 3, 7) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(1.0, &r, 0, 7) - 0.25).abs() < 1e-12);
+        let fixed = ScheduleSpec { warmup_steps: Some(100), ..Default::default() };
+        assert_eq!(fixed.warmup(5000), 100);
     }
 
     #[test]
@@ -199,6 +362,46 @@ mod tests {
         opt.update(&p, &grads, 0.1).unwrap();
         let v = var.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((v - 0.7075).abs() < 1e-6, "{v}");
+    }
+
+    /// The fused in-place passes give exactly the composed ops' values: weights (decayed and not,
+    /// f32 and bf16 with an f32 master) and both moments, over several steps of random gradients.
+    #[test]
+    fn the_fused_update_equals_the_composed_one_bit_for_bit() {
+        let device = candle_core::Device::Cpu;
+        let cfg = AdamWSpec { lr: 3e-3, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        for dtype in [DType::F32, DType::BF16] {
+            let make = || {
+                let mut p = Params::new(7, &device, dtype);
+                p.normal("decayed", &[37, 5], 0.5).unwrap();
+                p.zeros("bias", &[11]).unwrap();
+                p
+            };
+            let (fused, composed) = (make(), make());
+            let mut a = AdamW::new(&cfg, &fused).unwrap();
+            let mut b = AdamW::new(&cfg, &composed).unwrap();
+            for step in 0..6u64 {
+                let grads: BTreeMap<String, Tensor> = fused
+                    .vars()
+                    .map(|(name, var, _)| {
+                        let g = Tensor::randn(0f32, 1.0, var.dims(), &device).unwrap().to_dtype(dtype).unwrap();
+                        (name.to_string(), g)
+                    })
+                    .collect();
+                let lr = learning_rate(cfg.lr, &ScheduleSpec::default(), step, 6);
+                a.update_with(&fused, &grads, lr, true).unwrap();
+                b.update_with(&composed, &grads, lr, false).unwrap();
+            }
+            let flat = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for ((name, x, _), (_, y, _)) in fused.vars().zip(composed.vars()) {
+                assert_eq!(flat(x.as_tensor()), flat(y.as_tensor()), "{dtype:?} {name}");
+                assert_eq!(flat(&a.moments[name].0), flat(&b.moments[name].0), "{dtype:?} {name} m");
+                assert_eq!(flat(&a.moments[name].1), flat(&b.moments[name].1), "{dtype:?} {name} v");
+                if dtype != DType::F32 {
+                    assert_eq!(flat(&a.masters[name]), flat(&b.masters[name]), "{name} master");
+                }
+            }
+        }
     }
 
     #[test]

@@ -64,12 +64,12 @@ pub fn plot(run_dir: &Path) -> Result<PlotReport> {
     let svg = run_dir.join("metrics.svg");
     let fail = |p: &Path, e: String| Error::env(format!("cannot draw `{}`: {e}", p.display()));
     {
-        let root = BitMapBackend::new(&png, (1000, 700)).into_drawing_area();
+        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
         draw(&root, &records, font.is_some()).map_err(|e| fail(&png, e))?;
         root.present().map_err(|e| fail(&png, e.to_string()))?;
     }
     {
-        let root = SVGBackend::new(&svg, (1000, 700)).into_drawing_area();
+        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
         draw(&root, &records, font.is_some()).map_err(|e| fail(&svg, e))?;
         root.present().map_err(|e| fail(&svg, e.to_string()))?;
     }
@@ -96,6 +96,12 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The chart's size in pixels, and the heights of its loss and throughput panels (the data-wait
+/// panel takes the rest).
+const SIZE: (u32, u32) = (1000, 820);
+const LOSS_HEIGHT: u32 = 420;
+const THROUGHPUT_HEIGHT: u32 = 210;
+
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     records: &[Record],
@@ -103,24 +109,24 @@ fn draw<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
-    let (top, bottom) = root.split_vertically(460);
-    let steps = (
-        records[0].step as f64,
-        records.last().map(|r| r.step as f64).unwrap_or(1.0).max(records[0].step as f64 + 1.0),
-    );
-    let evals: Vec<(f64, f64)> = records.iter().filter_map(|r| r.eval_loss.map(|l| (r.step as f64, l))).collect();
+    let (top, rest) = root.split_vertically(LOSS_HEIGHT);
+    let (middle, bottom) = rest.split_vertically(THROUGHPUT_HEIGHT);
+    // Steps are integers: an integer axis gives integer ticks ("50", not "50.0").
+    let first = records[0].step;
+    let steps = first..records.last().map(|r| r.step).unwrap_or(first).max(first + 1);
+    let evals: Vec<(u64, f64)> = records.iter().filter_map(|r| r.eval_loss.map(|l| (r.step, l))).collect();
     let loss = range(records.iter().map(|r| r.loss).chain(evals.iter().map(|p| p.1)));
     let mut b = ChartBuilder::on(&top);
     b.margin(15);
     if text {
         b.caption("loss", ("sans-serif", 22)).x_label_area_size(35).y_label_area_size(60);
     }
-    let mut chart = b.build_cartesian_2d(steps.0..steps.1, loss.0..loss.1).map_err(e)?;
+    let mut chart = b.build_cartesian_2d(steps.clone(), loss.0..loss.1).map_err(e)?;
     if text {
         chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(e)?;
     }
     let train = chart
-        .draw_series(LineSeries::new(records.iter().map(|r| (r.step as f64, r.loss)), BLUE.stroke_width(2)))
+        .draw_series(LineSeries::new(records.iter().map(|r| (r.step, r.loss)), BLUE.stroke_width(2)))
         .map_err(e)?;
     if text {
         train.label("train").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
@@ -135,30 +141,81 @@ fn draw<DB: DrawingBackend>(
     if text {
         chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(e)?;
     }
+
     let tps = range(records.iter().map(|r| r.tokens_per_s).chain([0.0]));
+    let mut b = ChartBuilder::on(&middle);
+    b.margin(15);
+    if text {
+        b.caption("throughput", ("sans-serif", 18)).x_label_area_size(30).y_label_area_size(60);
+    }
+    let mut chart = b.build_cartesian_2d(steps.clone(), 0.0..tps.1).map_err(e)?;
+    if text {
+        chart.configure_mesh().y_desc("tokens/s").y_labels(5).y_label_formatter(&|v| format!("{v:.0}")).draw().map_err(e)?;
+    }
+    let line = chart
+        .draw_series(LineSeries::new(records.iter().map(|r| (r.step, r.tokens_per_s)), GREEN.stroke_width(2)))
+        .map_err(e)?;
+    if text {
+        let label = format!("tokens/s (median {:.0})", median(records.iter().map(|r| r.tokens_per_s)));
+        line.label(label).legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREEN));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+    }
+
+    // The data-wait share on its own axis, in percent. The axis starts a little below 0 so that
+    // the common case, no wait at all, is a line visibly on 0 % rather than hidden in the frame.
+    let shares: Vec<(u64, f64)> = records
+        .iter()
+        .map(|r| (r.step, 100.0 * r.data_wait_s / (r.data_wait_s + r.compute_s).max(1e-9)))
+        .collect();
+    let most = shares.iter().map(|p| p.1).fold(0.0, f64::max);
+    let ceiling = if most < 5.0 { 5.0 } else { (most * 1.15).min(100.0) };
     let mut b = ChartBuilder::on(&bottom);
     b.margin(15);
     if text {
-        b.caption("throughput (tokens/s) and data wait share", ("sans-serif", 18))
-            .x_label_area_size(35)
-            .y_label_area_size(60);
+        b.caption("waiting for data", ("sans-serif", 18)).x_label_area_size(35).y_label_area_size(60);
     }
-    let mut chart = b.build_cartesian_2d(steps.0..steps.1, 0.0..tps.1).map_err(e)?;
+    let mut chart = b.build_cartesian_2d(steps, -ceiling * 0.08..ceiling).map_err(e)?;
     if text {
-        chart.configure_mesh().x_desc("step").y_desc("tokens/s").draw().map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("% of step time")
+            .y_labels(4)
+            .y_label_formatter(&|v| format!("{v:.0}%"))
+            .draw()
+            .map_err(e)?;
     }
-    chart
-        .draw_series(LineSeries::new(records.iter().map(|r| (r.step as f64, r.tokens_per_s)), GREEN.stroke_width(2)))
-        .map_err(e)?;
-    // The data-wait share, scaled onto the same axis (100% = the top).
-    chart
-        .draw_series(LineSeries::new(
-            records.iter().map(|r| {
-                let share = r.data_wait_s / (r.data_wait_s + r.compute_s).max(1e-9);
-                (r.step as f64, share * tps.1)
-            }),
-            MAGENTA.stroke_width(1),
-        ))
-        .map_err(e)?;
+    let line = chart.draw_series(LineSeries::new(shares.iter().copied(), MAGENTA.stroke_width(2))).map_err(e)?;
+    if text {
+        let total_wait: f64 = records.iter().map(|r| r.data_wait_s).sum();
+        let total: f64 = records.iter().map(|r| r.data_wait_s + r.compute_s).sum();
+        let label = format!(
+            "data wait: {:.1}% of the run, at most {most:.1}% of a step",
+            100.0 * total_wait / total.max(1e-9)
+        );
+        line.label(label).legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], MAGENTA));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+    }
     Ok(())
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -127,7 +127,7 @@ impl Trainer {
             if !value.is_finite() {
                 return Err(Error::data_hint(
                     format!("the training loss became {value} at step {}", self.step + 1),
-                    "lower `train.optimizer.adamw.lr`, lengthen `train.schedule.warmup_steps` or keep `clip_grad_norm` on",
+                    "lower `train.optimizer.adamw.lr`, lengthen the warmup (`train.schedule.warmup_ratio`) or keep `clip_grad_norm` on",
                 ));
             }
             loss_sum += value;
@@ -148,7 +148,7 @@ impl Trainer {
         if !grad_norm.is_finite() {
             return Err(Error::data_hint(
                 format!("the gradient norm became {grad_norm} at step {}", self.step + 1),
-                "lower `train.optimizer.adamw.lr`, lengthen `train.schedule.warmup_steps` or keep `clip_grad_norm` on",
+                "lower `train.optimizer.adamw.lr`, lengthen the warmup (`train.schedule.warmup_ratio`) or keep `clip_grad_norm` on",
             ));
         }
         let OptimizerSpec::Adamw(a) = &self.cfg.optimizer;
