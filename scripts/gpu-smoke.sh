@@ -10,12 +10,17 @@
 # No Rust. Build the binary elsewhere with `source scripts/cuda-env.sh` and
 # `cargo build --release --features cuda`.
 #
-# Two runs on cuda:0:
-#   1. quickstart: the built-in BERT MLM pipeline as it is (2 layers, hidden 128);
-#   2. encoder:    the same corpus through an encoder of 6 layers, hidden 512, seq_len 128 (the
-#                  size whose data wait should stay under 1%), for STEPS steps (default 300).
-# For each: device, tokens/s, data-wait share, peak GPU memory (nvidia-smi, sampled every
-# 100 ms) and the loss at the end. Exits non-zero when a run failed or did not train on the GPU.
+# Four runs on cuda:0:
+#   1. quickstart:   the built-in BERT MLM pipeline as it is (2 layers, hidden 128);
+#   2. encoder:      the same corpus through an encoder of 6 layers, hidden 512, seq_len 128 (the
+#                    size whose data wait should stay under 1%), for STEPS steps (default 300);
+#   3. encoder-4x256: the CPU benchmarks' encoder shape (4 layers, hidden 256, 4 heads, seq_len
+#                    128, batch 32, MLM), STEPS steps;
+#   4. decoder-4x256: the CPU benchmarks' GPT-2-style decoder shape (pipelines/causal_best_fit.yaml,
+#                    4 layers, hidden 256, 4 heads, seq_len 128, batch 32), STEPS steps.
+# For each: device, step time, tokens/s, data-wait share, peak GPU memory (nvidia-smi, sampled
+# every 100 ms) and the loss at the end. Exits non-zero when a run failed or did not train on the
+# GPU.
 set -euo pipefail
 
 bin=${1:?usage: gpu-smoke.sh PRETEXT_BINARY [STEPS]}
@@ -31,9 +36,9 @@ fi
 nvidia-smi -L
 
 status=0
-run() { # name, extra --set arguments...
-  local name=$1
-  shift
+run() { # name, pipeline, extra --set arguments...
+  local name=$1 pipeline=$2
+  shift 2
   local log="$work/$name.log" mem="$work/$name.mem"
   # Peak memory: sample the GPU's used memory while the run lives.
   (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 >> "$mem" 2>/dev/null; sleep 0.1; done) &
@@ -41,7 +46,7 @@ run() { # name, extra --set arguments...
   local before
   before=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -1)
   set +e
-  "$bin" train pipelines/quickstart.yaml --run-dir "$work/$name" --quiet \
+  "$bin" train "$pipeline" --run-dir "$work/$name" --quiet \
     --set train.device=cuda:0 --set "train.checkpoint.dir=$work/$name" "$@" > "$log" 2>&1
   local rc=$?
   set -e
@@ -60,6 +65,19 @@ run() { # name, extra --set arguments...
   local summary
   summary=$(grep -m1 '^trained steps' "$log" || true)
   echo "$summary"
+  # Step time: the median over the logged intervals of (data wait + compute) / steps per interval.
+  python3 - "$work/$name/metrics.jsonl" << 'PY' || true
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+times, previous = [], 0
+for r in rows:
+    steps = r["step"] - previous
+    previous = r["step"]
+    if steps > 0:
+        times.append((r["data_wait_s"] + r["compute_s"]) / steps)
+if times:
+    print(f"step time: {1000 * statistics.median(times):.1f} ms median over {len(times)} logged intervals")
+PY
   echo "peak GPU memory: ${peak:-?} MiB (${before} MiB before the run)"
   tail -1 "$work/$name/metrics.jsonl" 2> /dev/null | sed 's/^/last metrics: /'
   case "$summary" in
@@ -72,9 +90,18 @@ run() { # name, extra --set arguments...
   fi
 }
 
-run quickstart
-run encoder \
+run quickstart pipelines/quickstart.yaml
+run encoder pipelines/quickstart.yaml \
   --set "train.model={encoder: {layers: 6, hidden: 512, heads: 8, ffn: 2048, dropout: 0.1}}" \
   --set "train.steps=$steps" --set train.batch_size=64 --set train.prefetch=8 \
+  --set "train.checkpoint.every_steps=$steps" --set train.eval=null
+run encoder-4x256 pipelines/quickstart.yaml \
+  --set "train.model={encoder: {layers: 4, hidden: 256, heads: 4, ffn: 1024, dropout: 0.1}}" \
+  --set "train.steps=$steps" --set train.batch_size=32 --set train.log_every=10 \
+  --set "train.checkpoint.every_steps=$steps" --set train.eval=null
+run decoder-4x256 pipelines/causal_best_fit.yaml \
+  --set "train.model={decoder: {layers: 4, hidden: 256, heads: 4, dropout: 0.1}}" \
+  --set task.causal.seq_len=128 \
+  --set "train.steps=$steps" --set train.batch_size=32 --set train.log_every=10 \
   --set "train.checkpoint.every_steps=$steps" --set train.eval=null
 exit $status
