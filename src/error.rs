@@ -91,6 +91,44 @@ pub enum Error {
     Internal(String),
 }
 
+/// An object-store request that kept failing for a passing reason (a busy server, a reset, a
+/// timeout) until its retry budget ran out. It travels as the source of the `object_store`,
+/// Parquet, Arrow or DataFusion error that carries it, so the reader that gave up on a file
+/// does not call the file unreadable: every conversion into [`Error`] looks for it first.
+#[derive(Debug, Clone)]
+pub struct GaveUp {
+    pub message: String,
+    pub hint: String,
+}
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+impl GaveUp {
+    /// The [`GaveUp`] in `e`'s chain of sources, if any.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a GaveUp> {
+        let mut at = Some(e);
+        while let Some(e) = at {
+            if let Some(g) = e.downcast_ref::<GaveUp>() {
+                return Some(g);
+            }
+            at = e.source();
+        }
+        None
+    }
+}
+
+impl From<GaveUp> for Error {
+    fn from(g: GaveUp) -> Self {
+        Error::Env { message: g.message, hint: Some(g.hint) }
+    }
+}
+
 /// What to do about an I/O error the user can fix.
 pub fn io_hint(err: &std::io::Error) -> Option<&'static str> {
     use std::io::ErrorKind as K;
@@ -158,6 +196,9 @@ impl Error {
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(err: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
+        if let Some(g) = GaveUp::find(&err) {
+            return g.clone().into();
+        }
         match err {
             D::External(e) => match e.downcast::<Error>() {
                 Ok(inner) => *inner,
@@ -176,6 +217,9 @@ impl From<datafusion::error::DataFusionError> for Error {
 
 impl From<arrow::error::ArrowError> for Error {
     fn from(err: arrow::error::ArrowError) -> Self {
+        if let Some(g) = GaveUp::find(&err) {
+            return g.clone().into();
+        }
         match err {
             arrow::error::ArrowError::ExternalError(e) => match e.downcast::<Error>() {
                 Ok(inner) => *inner,
@@ -189,6 +233,9 @@ impl From<arrow::error::ArrowError> for Error {
 impl From<parquet::errors::ParquetError> for Error {
     /// Worded as DataFusion words a Parquet error, as every reader of a file reports it.
     fn from(err: parquet::errors::ParquetError) -> Self {
+        if let Some(g) = GaveUp::find(&err) {
+            return g.clone().into();
+        }
         Error::data(format!("Parquet error: {err}"))
     }
 }

@@ -38,6 +38,23 @@ fn validate_reports_problems_with_exit_code_1() {
 }
 
 #[test]
+fn validate_verbose_prints_the_resolved_pipeline_with_its_retry_budgets() {
+    let t = tempdir();
+    write_parquet(&t.path().join("data/a.parquet"), &documents(4, 1));
+    let p = pipeline(t.path(), "p.yaml", "name: x\nsource: { path: data }\ntask: { mlm: { seq_len: 16 } }\n");
+    let set = ["--set", "source.retry.timeout_s=300"];
+    let o = pretext(&[&["validate", "--verbose", p.to_str().unwrap()][..], &set].concat(), t.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let json = &out[out.find('{').unwrap()..];
+    let resolved: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(resolved["source"]["retry"]["timeout_s"], 300.0, "{out}");
+    assert_eq!(resolved["export"]["retry"]["timeout_s"], 120.0, "{out}");
+    assert_eq!(resolved["export"]["retry"]["max_backoff_s"], 10.0, "{out}");
+    assert_eq!(resolved["task"]["mlm"]["mask_prob"], 0.15, "{out}");
+}
+
+#[test]
 fn export_writes_parts_manifest_and_hf_metadata() {
     let t = tempdir();
     corpus(t.path());

@@ -4,65 +4,23 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
+use common::delta::{add, commit, create};
+use common::s3::{pretext_s3, S3};
 use common::*;
 use serde_json::json;
 
 // ---------------------------------------------------------------- Delta tables written by hand
 
-/// The table's schema: `id` and `text` in the data files, `lang` a partition column.
-fn schema_string() -> String {
-    json!({"type": "struct", "fields": [
-        {"name": "id", "type": "long", "nullable": false, "metadata": {}},
-        {"name": "text", "type": "string", "nullable": true, "metadata": {}},
-        {"name": "lang", "type": "string", "nullable": true, "metadata": {}},
-    ]})
-    .to_string()
-}
-
-/// Writes a data file of `docs` at `rel` inside the table and returns its `add` action.
-fn add(table: &Path, rel: &str, docs: &[(i64, Option<String>)], lang: &str) -> serde_json::Value {
-    let path = table.join(rel);
-    write_parquet(&path, docs);
-    let size = std::fs::metadata(&path).unwrap().len();
-    json!({"add": {"path": rel, "partitionValues": {"lang": lang}, "size": size,
-        "modificationTime": 1_700_000_000_000u64, "dataChange": true}})
-}
-
 fn remove(rel: &str) -> serde_json::Value {
     json!({"remove": {"path": rel, "deletionTimestamp": 1_700_000_100_000u64, "dataChange": true}})
 }
 
-/// Writes commit `version` of the table's log.
-fn commit(table: &Path, version: u64, actions: &[serde_json::Value]) {
-    let log = table.join("_delta_log");
-    std::fs::create_dir_all(&log).unwrap();
-    let mut text = String::new();
-    for a in actions {
-        text.push_str(&a.to_string());
-        text.push('\n');
-    }
-    std::fs::write(log.join(format!("{version:020}.json")), text).unwrap();
-}
-
 /// Version 0: `en` (30 documents) and `de` (20); version 1 adds 10 `en` documents and removes
 /// the `de` file. Returns an RFC 3339 time between the two commits.
-/// The actions of a first commit: protocol, metadata (partitioned by `lang`), then `adds`.
-fn create(adds: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
-    let mut v = vec![
-        json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}}),
-        json!({"metaData": {"id": "00000000-0000-0000-0000-000000000001", "format": {"provider": "parquet", "options": {}},
-            "schemaString": schema_string(), "partitionColumns": ["lang"], "configuration": {}, "createdTime": 1_700_000_000_000u64}}),
-    ];
-    v.extend(adds);
-    v
-}
-
 fn make_table(table: &Path) -> String {
     let v0 = create(vec![
         add(table, "lang=en/part-0.parquet", &documents(30, 1), "en"),
@@ -237,161 +195,6 @@ fn resume_refuses_a_new_table_version_unless_allowed() {
 
 // ---------------------------------------------------------------- S3 through a local server
 
-/// A moto S3 server on a free loopback port, stopped at drop.
-struct S3 {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl S3 {
-    /// Starts the server; `None` (test skipped) when moto is missing and CI does not require it.
-    fn start(enforce_auth: bool) -> Option<S3> {
-        let ready = Command::new("python3")
-            .args(["-c", "import moto.server, flask, flask_cors"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ready {
-            assert!(std::env::var_os("PRETEXT_REQUIRE_S3").is_none(), "moto[server] is required here but missing");
-            eprintln!("skipped: python3 with moto[server] is not available (pip install 'moto[server]')");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if enforce_auth {
-            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
-        }
-        let child = cmd.spawn().unwrap();
-        let s3 = S3 { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(s3)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A raw, unsigned request (moto accepts them without auth enforcement).
-    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out);
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(out.len());
-        (code, out[body_at..].to_vec())
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let (code, body) = self.request("PUT", &format!("/{bucket}"), b"");
-        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    }
-
-    /// Uploads every file under `dir` to `bucket/prefix/…`.
-    fn upload_dir(&self, dir: &Path, bucket: &str, prefix: &str) {
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(p) = stack.pop() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                let e = e.unwrap().path();
-                if e.is_dir() {
-                    stack.push(e);
-                } else {
-                    let rel = e.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
-                    let (code, body) =
-                        self.request("PUT", &format!("/{bucket}/{prefix}/{rel}"), &std::fs::read(&e).unwrap());
-                    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-                }
-            }
-        }
-    }
-
-    /// Reads an object back, signed (objects are private, so unsigned reads are refused).
-    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        use object_store::ObjectStoreExt;
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(bucket)
-            .with_endpoint(self.endpoint())
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test-secret")
-            .build()
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let r = store.get(&object_store::path::Path::from(key)).await.ok()?;
-            r.bytes().await.ok().map(|b| b.to_vec())
-        })
-    }
-
-    /// The keys under `prefix`, sorted.
-    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let (code, body) = self.request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"), b"");
-        assert_eq!(code, 200);
-        let text = String::from_utf8_lossy(&body).to_string();
-        let mut keys: Vec<String> =
-            text.split("<Key>").skip(1).filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string())).collect();
-        keys.sort();
-        keys
-    }
-
-    /// The parts of the finished export at `lake/<prefix>`, checking that nothing but the
-    /// dataset is visible there.
-    fn finished_parts(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
-        let keys = self.keys("lake", &format!("{prefix}/"));
-        assert!(keys.iter().all(|k| !k.contains(".pretext-partial")), "{keys:?}");
-        assert!(keys.contains(&format!("{prefix}/_manifest.json")), "{keys:?}");
-        keys.iter()
-            .filter_map(|k| {
-                k.strip_prefix(&format!("{prefix}/"))
-                    .filter(|n| n.starts_with("part-"))
-                    .map(|n| (n.to_string(), self.get("lake", k).unwrap()))
-            })
-            .collect()
-    }
-
-    /// Options for pipelines reading or writing this server.
-    fn options(&self) -> String {
-        format!("{{ endpoint: '{}', allow_http: true, region: us-east-1 }}", self.endpoint())
-    }
-}
-
-/// Runs the CLI with test credentials in the environment.
-fn pretext_s3(args: &[&str], cwd: &Path, key: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .current_dir(cwd)
-        .env("AWS_ACCESS_KEY_ID", key)
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .output()
-        .unwrap()
-}
-
 fn part_files(files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
     files.into_iter().filter(|(n, _)| n.starts_with("part-")).collect()
 }
@@ -496,9 +299,21 @@ fn s3_errors_name_the_bucket_and_what_to_check() {
         let p = pipeline(d, "e.yaml", &yaml);
         pretext_s3(&["export", p.to_str().unwrap(), "--out", "out", "--quiet"], d, key)
     };
+    // What no retry can cure fails in seconds, though transient failures are retried for minutes.
+    let started = std::time::Instant::now();
     let o = run("s3://missing-bucket/c", "test");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("s3://missing-bucket/c"), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(10), "a missing bucket took {:?}", started.elapsed());
+    // An endpoint where nothing listens.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let yaml = format!("name: e\nsource: {{ path: 's3://there/c', storage_options: {{ endpoint: 'http://127.0.0.1:{free}', allow_http: true, region: us-east-1 }} }}\ntask: {{ mlm: {{ seq_len: 16 }} }}\n");
+    let p = pipeline(d, "nobody.yaml", &yaml);
+    let started = std::time::Instant::now();
+    let o = pretext_s3(&["export", p.to_str().unwrap(), "--out", "out", "--quiet"], d, "test");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("did not answer") && stderr(&o).contains("endpoint"), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(10), "a dead endpoint took {:?}", started.elapsed());
     let o = run("s3://there/nothing-here", "test");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing exists under"), "{}", stderr(&o));
@@ -517,9 +332,11 @@ fn s3_errors_name_the_bucket_and_what_to_check() {
         strict.options()
     );
     let p = pipeline(d, "w.yaml", &yaml);
+    let started = std::time::Instant::now();
     let o = pretext_s3(&["export", p.to_str().unwrap(), "--out", "out", "--quiet"], d, "AKIAWRONGWRONGWRONG1");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("credentials"), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(10), "wrong credentials took {:?}", started.elapsed());
     assert!(!d.join("out").exists());
 }
 

@@ -35,6 +35,10 @@ enum Command {
         /// Override a field: `--set stream.batch_size=64` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Also print each pipeline as resolved: every default filled in (object-store retry
+        /// budgets among them), credentials redacted, as JSON.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Print the first examples, decoded, with masked tokens visible.
     Preview {
@@ -130,7 +134,7 @@ enum Command {
 /// Runs a parsed command; the exit code on success.
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Validate { files, sets } => validate::run(&files, &sets),
+        Command::Validate { files, sets, verbose } => validate::run(&files, &sets, verbose),
         Command::Preview { file, n, out, sets } => preview::run(&file, n, out.as_deref(), &sets),
         Command::Export { file, out, resume, allow_new_data, quiet, sets } => {
             export::run(&file, out, resume, allow_new_data, quiet, &sets)

@@ -4,8 +4,9 @@ use crate::error::Result;
 use crate::plan::{BuildOptions, Plan};
 
 /// Checks each file (spec, then files, columns, SQL and tokenizer); prints `ok` lines on stdout
-/// and problems on stderr. Exit code 1 when any file has a problem.
-pub fn run(files: &[PathBuf], sets: &[String]) -> Result<i32> {
+/// (with `verbose`, each resolved pipeline after its line) and problems on stderr. Exit code 1
+/// when any file has a problem.
+pub fn run(files: &[PathBuf], sets: &[String], verbose: bool) -> Result<i32> {
     let rt = super::runtime()?;
     let mut failed = 0;
     for file in files {
@@ -27,7 +28,12 @@ pub fn run(files: &[PathBuf], sets: &[String]) -> Result<i32> {
                     plan.task_name(),
                     plan.source.files.len(),
                     format!("{:?}", plan.source.format).to_lowercase(),
-                )
+                );
+                if verbose {
+                    let resolved =
+                        serde_json::to_string_pretty(&plan.resolved_json()).map_err(crate::error::Error::internal)?;
+                    println!("{resolved}");
+                }
             }
             Err(e) => {
                 failed += 1;

@@ -106,6 +106,7 @@ fn fingerprint_of(plan: &Plan, with_data: bool) -> String {
     if let Some(o) = export.as_object_mut() {
         o.remove("path");
         o.remove("storage_options");
+        o.remove("retry");
     }
     let mut v = json!({
         "pipeline": format!("{:016x}", plan.content_hash()),

@@ -29,7 +29,7 @@ pub struct ExportRequest {
 /// `--resume` (and says so on stderr).
 pub async fn run(pipeline: Pipeline, request: &ExportRequest) -> Result<ExportReport> {
     let (dir, storage_options) = export_destination(&pipeline, request.out.clone());
-    let target = Target::new(&dir, &storage_options)?;
+    let target = Target::new(&dir, &storage_options, &pipeline.spec.export.retry)?;
     // Held from before the destination is checked (a tokenizer may be trained into it) to the end.
     let _lock = target.lock()?;
     // Refuse a bad output before reading any data; fetch what a resumed export reuses.

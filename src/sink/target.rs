@@ -83,12 +83,16 @@ impl RemoteDir {
 impl Target {
     /// The destination `path` names: an `s3://` (`gs://`, `az://`) URL configured by `options`,
     /// or a local directory.
-    pub fn new(path: &Path, options: &std::collections::BTreeMap<String, OptionValue>) -> Result<Target> {
+    pub fn new(
+        path: &Path,
+        options: &std::collections::BTreeMap<String, OptionValue>,
+        retry: &crate::spec::RetrySpec,
+    ) -> Result<Target> {
         let text = path.to_string_lossy().to_string();
         if !crate::source::is_remote(&text) {
             return Ok(Target::Local(path.to_path_buf()));
         }
-        let (remote, prefix) = crate::source::connect_store(&text, options, "export.storage_options")?;
+        let (remote, prefix) = crate::source::connect_store(&text, options, retry, "export")?;
         let tag = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
         let spool = std::env::temp_dir().join(format!("pretext-spool-{tag:016x}-{}", std::process::id()));
         Ok(Target::Remote(RemoteDir { remote, prefix, url: text.trim_end_matches('/').to_string(), spool }))

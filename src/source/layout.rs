@@ -42,7 +42,10 @@ impl Shard {
 }
 
 /// The error for a file whose footer or row groups cannot be read as Parquet.
-pub fn not_parquet(f: &SourceFile, e: impl std::fmt::Display) -> Error {
+pub fn not_parquet(f: &SourceFile, e: impl std::error::Error + 'static) -> Error {
+    if let Some(g) = crate::error::GaveUp::find(&e) {
+        return g.clone().into();
+    }
     Error::data_hint(
         format!("`{}` is not a readable Parquet file: {e}", f.path.display()),
         "the file may be truncated or of another format; remove it, or set `source.format` to match the files",

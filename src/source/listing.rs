@@ -136,7 +136,7 @@ pub async fn list(pipeline: &Pipeline, member: &Member) -> Result<Listing> {
 /// Objects under an `s3://` (`gs://`, `az://`) path, a glob of them, or a Delta table there.
 async fn list_remote(pipeline: &Pipeline, member: &Member) -> Result<Listing> {
     let spec = &member.spec;
-    let (remote, key) = store::connect(&spec.path, &spec.storage_options, &member.key("storage_options").join("."))?;
+    let (remote, key) = store::connect(&spec.path, &spec.storage_options, &spec.retry, &member.at.join("."))?;
     let key_text = key.as_ref().to_string();
     let wildcard = key_text.find(['*', '?', '[']);
     // List from the directory above the first wildcard (or the whole prefix).

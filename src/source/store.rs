@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectMeta, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ObjectMeta, ObjectStore, RetryConfig};
 use url::Url;
 
-use crate::error::{Error, Result};
-use crate::spec::OptionValue;
+use crate::error::{Error, GaveUp, Result};
+use crate::spec::{OptionValue, RetrySpec};
+
+mod patient;
+use patient::{Patient, Shared};
 
 pub use crate::spec::is_remote;
 
@@ -37,9 +40,15 @@ impl Remote {
     }
 }
 
-/// Parses `url` and builds its store from the environment and `options` (`at`: the YAML key
-/// the options come from, for errors). Returns the store and the key prefix inside the bucket.
-pub fn connect(url: &str, options: &BTreeMap<String, OptionValue>, at: &str) -> Result<(Remote, StorePath)> {
+/// Parses `url` and builds its store from the environment and `options`, retrying as `retry`
+/// says (`at`: the YAML section the settings come from, e.g. `source` or `export`, for
+/// errors). Returns the store and the key prefix inside the bucket.
+pub fn connect(
+    url: &str,
+    options: &BTreeMap<String, OptionValue>,
+    retry: &RetrySpec,
+    at: &str,
+) -> Result<(Remote, StorePath)> {
     let parsed = Url::parse(url).map_err(|e| {
         Error::data_hint(format!("`{url}` is not a valid URL: {e}"), "write it as `s3://bucket/prefix`")
     })?;
@@ -60,40 +69,58 @@ pub fn connect(url: &str, options: &BTreeMap<String, OptionValue>, at: &str) -> 
     })?;
     let unknown = |key: &str, e: object_store::Error| {
         Error::data_hint(
-            format!("`{at}.{key}` is not a {scheme} setting: {e}"),
+            format!("`{at}.storage_options.{key}` is not a {scheme} setting: {e}"),
             "use object_store's configuration keys, e.g. `endpoint`, `region`, `allow_http`, `access_key_id`",
         )
     };
-    // Object stores retry failed requests for up to three minutes by default; a typo in an
-    // endpoint should fail in seconds.
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
-    let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+    // Two clients from one configuration: `full` retries as `retry` says; `probe` does not retry
+    // at all, and asks once whether anything answers at the endpoint (see `Patient::reachable`).
+    let full = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_secs_f64(retry.backoff_s),
+            max_backoff: Duration::from_secs_f64(retry.max_backoff_s),
+            base: 2.0,
+        },
+        max_retries: retry.max_retries as usize,
+        retry_timeout: Duration::from_secs_f64(retry.timeout_s),
+    };
+    let probe = RetryConfig { max_retries: 0, ..full.clone() };
+    let (full, probe): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) = match scheme.as_str() {
         "s3" | "s3a" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(base.as_str()).with_retry(retry);
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(base.as_str());
             for (k, v) in options {
                 b = b.with_config(k.to_ascii_lowercase().parse().map_err(|e| unknown(k, e))?, v.to_string());
             }
-            Arc::new(b.build().map_err(|e| describe(e, url))?)
+            let build = |r: RetryConfig| b.clone().with_retry(r).build().map_err(|e| describe(e, url));
+            (Arc::new(build(full)?), Arc::new(build(probe)?))
         }
         "gs" | "gcs" => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(format!("gs://{bucket}"))
-                .with_retry(retry);
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(format!("gs://{bucket}"));
             for (k, v) in options {
                 b = b.with_config(k.to_ascii_lowercase().parse().map_err(|e| unknown(k, e))?, v.to_string());
             }
-            Arc::new(b.build().map_err(|e| describe(e, url))?)
+            let build = |r: RetryConfig| b.clone().with_retry(r).build().map_err(|e| describe(e, url));
+            (Arc::new(build(full)?), Arc::new(build(probe)?))
         }
         _ => {
-            let mut b =
-                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(base.as_str()).with_retry(retry);
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(base.as_str());
             for (k, v) in options {
                 b = b.with_config(k.to_ascii_lowercase().parse().map_err(|e| unknown(k, e))?, v.to_string());
             }
-            Arc::new(b.build().map_err(|e| describe(e, url))?)
+            let build = |r: RetryConfig| b.clone().with_retry(r).build().map_err(|e| describe(e, url));
+            (Arc::new(build(full)?), Arc::new(build(probe)?))
         }
     };
-    Ok((Remote { base, store }, prefix))
+    let store = Patient(Arc::new(Shared {
+        full,
+        probe,
+        probe_at: prefix.clone(),
+        probed: tokio::sync::OnceCell::new(),
+        retry: *retry,
+        base: base.as_str().trim_end_matches('/').to_string(),
+        at: format!("{at}.retry"),
+    }));
+    Ok((Remote { base, store: Arc::new(store) }, prefix))
 }
 
 /// Every object under `prefix`, sorted by key.
@@ -107,6 +134,9 @@ pub async fn list(remote: &Remote, prefix: &StorePath, url: &str) -> Result<Vec<
 /// An object-store failure, said in terms of what to check.
 pub fn describe(e: object_store::Error, url: &str) -> Error {
     use object_store::Error as E;
+    if let Some(g) = GaveUp::find(&e) {
+        return g.clone().into();
+    }
     let mut text = e.to_string();
     // S3's XML error body: keep its code and message, not the request ids.
     if let Some(start) = text.find("<?xml") {

@@ -80,6 +80,7 @@ impl PipelineSpec {
             version: None,
             as_of: None,
             storage_options: Default::default(),
+            retry: Default::default(),
             sql: None,
             text_column: "text".into(),
             key_column: None,

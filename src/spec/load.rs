@@ -98,6 +98,7 @@ impl Pipeline {
             o.remove("export");
             o.remove("train");
             o.remove("name");
+            forget_access(o);
             if let Some(stream) = o.get_mut("stream").and_then(Value::as_object_mut) {
                 // Worker count and batch size change neither the examples nor the order.
                 stream.remove("workers");
@@ -105,6 +106,21 @@ impl Pipeline {
             }
         }
         crate::ground::identity::hash(crate::ground::identity::canonical_json(&v).as_bytes())
+    }
+}
+
+/// Removes how the sources are reached (`storage_options`: endpoint, region, credentials) and
+/// how patiently (`retry`) from a resolved pipeline: neither changes the examples nor their
+/// order, and what is read is checked by the data's own identity (files, sizes, Delta version).
+pub fn forget_access(resolved: &mut serde_json::Map<String, Value>) {
+    let sections = resolved.iter_mut().flat_map(|(k, v)| match (k.as_str(), v) {
+        ("source", v) => vec![v],
+        ("sources", Value::Array(members)) => members.iter_mut().collect(),
+        _ => vec![],
+    });
+    for s in sections.filter_map(Value::as_object_mut) {
+        s.remove("storage_options");
+        s.remove("retry");
     }
 }
 

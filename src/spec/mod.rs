@@ -18,7 +18,7 @@ use serde_json::Value;
 
 pub use crate::error::{SpecError, SpecErrors};
 pub use derived::*;
-pub use load::{load, load_str, Pipeline};
+pub use load::{forget_access, load, load_str, Pipeline};
 pub use types::*;
 
 /// One problem in a pipeline file, before it is tied to a file name.

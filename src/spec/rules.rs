@@ -131,7 +131,9 @@ pub(super) fn rules(spec: &PipelineSpec) -> Vec<Issue> {
         ));
     }
     mixture_rules(spec, &mut issues);
+    retry_rules(&spec.export.retry, p(&["export", "retry"]), &mut issues);
     for m in spec.members() {
+        retry_rules(&m.spec.retry, [m.at.clone(), p(&["retry"])].concat(), &mut issues);
         member_rules(&m, &mut issues);
     }
     if let Some(train) = &spec.train {
@@ -292,6 +294,16 @@ fn mixture_rules(spec: &PipelineSpec, issues: &mut Vec<Issue>) {
 }
 
 /// One source's own rules: paths, columns, SQL, Delta time travel, object-store settings.
+fn retry_rules(r: &RetrySpec, at: Vec<String>, issues: &mut Vec<Issue>) {
+    if r.backoff_s > r.max_backoff_s {
+        issues.push(Issue::at(
+            &[at, vec!["backoff_s".to_string()]].concat(),
+            format!("the first wait ({} s) is longer than the longest (`max_backoff_s`: {} s)", r.backoff_s, r.max_backoff_s),
+            Some("lower `backoff_s` or raise `max_backoff_s`".into()),
+        ));
+    }
+}
+
 fn member_rules(m: &Member, issues: &mut Vec<Issue>) {
     let source = &m.spec;
     let p = |k: &str| [m.at.clone(), vec![k.to_string()]].concat();

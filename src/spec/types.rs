@@ -83,6 +83,10 @@ pub struct SourceSpec {
     /// `allow_http: "true"`, `region: eu-west-1`. Keys are object_store's configuration keys.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub storage_options: std::collections::BTreeMap<String, OptionValue>,
+    /// Object stores: how long a request that fails for a passing reason (a 5xx, a throttle, a
+    /// reset or a timeout) is retried before the run stops with a message saying so.
+    #[serde(default)]
+    pub retry: RetrySpec,
     /// Optional SQL over the table named `source` (filters, projections, expressions), applied to
     /// each file in scan order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,8 @@ pub struct MixSourceSpec {
     pub as_of: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub storage_options: std::collections::BTreeMap<String, OptionValue>,
+    #[serde(default)]
+    pub retry: RetrySpec,
     #[serde(default = "default_image_column")]
     pub image_column: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +158,7 @@ impl MixSourceSpec {
             version: self.version,
             as_of: self.as_of.clone(),
             storage_options: self.storage_options.clone(),
+            retry: self.retry,
             sql: self.sql.clone(),
             text_column: self.text_column.clone(),
             key_column: self.key_column.clone(),
@@ -181,6 +188,61 @@ pub enum MixtureStop {
     FirstExhausted,
     AllExhausted,
     Cycle,
+}
+
+/// How requests to an object store are retried. A failure that a later try can cure (a 5xx
+/// status, 429 / SlowDown, a connection reset, a timeout, a body cut short, while listing,
+/// reading or writing) is retried with exponential backoff and jitter until `timeout_s` has
+/// passed since the request's first try. Failures no retry can cure (a missing bucket or
+/// object, refused credentials, an endpoint that does not answer when the store is first
+/// reached) are reported at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Seconds one request keeps being retried (covers an outage this long).
+    #[serde(default = "default_retry_timeout_s")]
+    #[schemars(range(min = 0.0, max = 86400.0))]
+    pub timeout_s: f64,
+    /// Most retries of one request.
+    #[serde(default = "default_retry_max_retries")]
+    #[schemars(range(max = 1000))]
+    pub max_retries: u32,
+    /// The first wait between tries, in seconds; each later wait is drawn up to twice the one
+    /// before, at most `max_backoff_s`.
+    #[serde(default = "default_retry_backoff_s")]
+    #[schemars(range(min = 0.001, max = 60.0))]
+    pub backoff_s: f64,
+    /// The longest wait between two tries, in seconds.
+    #[serde(default = "default_retry_max_backoff_s")]
+    #[schemars(range(min = 0.001, max = 600.0))]
+    pub max_backoff_s: f64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            timeout_s: default_retry_timeout_s(),
+            max_retries: default_retry_max_retries(),
+            backoff_s: default_retry_backoff_s(),
+            max_backoff_s: default_retry_max_backoff_s(),
+        }
+    }
+}
+
+fn default_retry_timeout_s() -> f64 {
+    120.0
+}
+
+fn default_retry_max_retries() -> u32 {
+    30
+}
+
+fn default_retry_backoff_s() -> f64 {
+    0.1
+}
+
+fn default_retry_max_backoff_s() -> f64 {
+    10.0
 }
 
 /// A storage option's value: written as a string, a boolean or a number.
@@ -993,6 +1055,9 @@ pub struct ExportSpec {
     /// `source.storage_options`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub storage_options: std::collections::BTreeMap<String, OptionValue>,
+    /// As `source.retry`, for the requests that write the export.
+    #[serde(default)]
+    pub retry: RetrySpec,
 }
 
 impl Default for ExportSpec {
@@ -1004,6 +1069,7 @@ impl Default for ExportSpec {
             zstd_level: default_zstd_level(),
             row_group_rows: default_row_group_rows(),
             storage_options: Default::default(),
+            retry: RetrySpec::default(),
         }
     }
 }

@@ -54,6 +54,7 @@ pub fn run_settings(resolved: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.remove("name");
         o.remove("export");
+        crate::spec::forget_access(o);
         if let Some(s) = o.get_mut("stream").and_then(Value::as_object_mut) {
             s.remove("workers");
             // `stream.epochs` bounds exports only; training runs `train.steps` steps.

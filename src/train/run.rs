@@ -293,7 +293,10 @@ impl Run {
                 return Err(self.stopped(signal)?);
             }
             let started = Instant::now();
-            let (micro, wait) = self.receive(rt)?;
+            let (micro, wait) = match self.receive(rt) {
+                Ok(received) => received,
+                Err(e) => return Err(self.data_failed(e)?),
+            };
             let out = self.trainer.train_step(&micro)?;
             self.account(&micro, &out, wait, started.elapsed());
             let step = self.trainer.step;
@@ -340,11 +343,41 @@ impl Run {
         Ok(stop::stopped(signal, what))
     }
 
+    /// The pipeline failed (a source the store gave up on, a damaged file): the steps done so
+    /// far are kept as for a graceful stop, and the error says where to continue from.
+    fn data_failed(&mut self, e: Error) -> Result<Error> {
+        if matches!(e, Error::Internal(_)) {
+            return Ok(e);
+        }
+        let step = self.trainer.step;
+        if step > self.start_step && !step.is_multiple_of(self.every) {
+            self.last_checkpoint = Some(self.checkpoint()?);
+        }
+        let steps = self.cfg.steps;
+        let note = match &self.last_checkpoint {
+            Some(c) => format!(
+                "training stopped after step {step} of {steps}; checkpoint `{}` holds it: `--resume` continues from there",
+                c.display()
+            ),
+            None if step > 0 => {
+                format!("training stopped at step {step} of {steps} before any new step; `--resume` continues from there")
+            }
+            None => return Ok(e),
+        };
+        Ok(match e {
+            Error::Data { message, hint } => Error::Data { message, hint: Some(with_note(hint, note)) },
+            Error::Env { message, hint } => Error::Env { message, hint: Some(with_note(hint, note)) },
+            other => other,
+        })
+    }
+
     /// The micro-batches of the next step (`train.accumulate` of them), and how long they were
     /// waited for. The cursor moves past each one received.
     fn receive(&mut self, rt: &tokio::runtime::Runtime) -> Result<(Vec<TrainBatch>, Duration)> {
         let mut micro = Vec::with_capacity(self.cfg.accumulate as usize);
         let mut wait = Duration::ZERO;
+        // A step is all its micro-batches or none: on an error, the cursor of the last step.
+        let before = self.state.cursor.clone();
         for _ in 0..self.cfg.accumulate {
             let t = Instant::now();
             let received = self.rx.blocking_recv();
@@ -357,7 +390,13 @@ impl Run {
                 };
                 return Err(Error::internal(why));
             };
-            let (cursor, b) = received?;
+            let (cursor, b) = match received {
+                Ok(r) => r,
+                Err(e) => {
+                    self.state.cursor = before;
+                    return Err(e);
+                }
+            };
             self.state.cursor = cursor;
             micro.push(b);
         }
@@ -470,4 +509,12 @@ fn progress_bar(visible: bool, done: u64, total: u64) -> ProgressBar {
     );
     bar.set_position(done);
     bar
+}
+
+/// `hint`, then `note` on its own line.
+fn with_note(hint: Option<String>, note: String) -> String {
+    match hint {
+        Some(h) => format!("{h}\n  {note}"),
+        None => note,
+    }
 }

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: corpora written on the fly, and the CLI binary.
 #![allow(dead_code)]
 
+pub mod delta;
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
