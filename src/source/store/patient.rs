@@ -160,7 +160,14 @@ impl Shared {
                 Err(last)
             })
             .await;
-        answer.clone().map_err(|text| object_store::Error::Generic { store: "object store", source: text.into() })
+        answer.clone().map_err(|text| {
+            // The probe's error, as the client worded it ("Generic S3 error: …").
+            let (store, text) = ["S3", "GCS", "MicrosoftAzure"]
+                .into_iter()
+                .find_map(|s| Some((s, text.strip_prefix(&format!("Generic {s} error: "))?.to_string())))
+                .unwrap_or(("object store", text));
+            object_store::Error::Generic { store, source: text.into() }
+        })
     }
 
     fn url_of(&self, location: &StorePath) -> String {
