@@ -47,6 +47,15 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         inputs = {c: t[step * batch : (step + 1) * batch] for c, t in rows.items()}
+        if kind == "causal":
+            # pretext's decoder attends within each document of a packed row (causal and block-
+            # diagonal by `segment_ids`): the same mask, in the 4D form transformers takes.
+            seg = inputs.pop("segment_ids")
+            w = seg.shape[1]
+            causal = torch.ones(w, w, dtype=torch.bool).tril()
+            allowed = (seg[:, :, None] == seg[:, None, :]) & causal
+            blocked = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+            inputs["attention_mask"] = blocked[:, None, :, :]
         opt.zero_grad()
         if halves:
             # The same gradient summed in another order: two half-batches, each weighted by its
@@ -91,10 +100,8 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     parts = sorted(Path(export_dir).glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
-    rows = {
-        c: torch.tensor(table.column(c).to_pylist(), dtype=torch.long)
-        for c in ["input_ids", "attention_mask", "labels"]
-    }
+    columns = ["input_ids", "attention_mask", "labels"] + (["segment_ids"] if kind == "causal" else [])
+    rows = {c: torch.tensor(table.column(c).to_pylist(), dtype=torch.long) for c in columns}
     losses, ours = train(init_dir, kind, rows, s, torch.float32)
     # The same run with each batch's gradient summed in another order: how far rounding alone
     # carries two correct float32 runs apart.
