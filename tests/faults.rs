@@ -52,11 +52,27 @@ fn export(d: &Path, name: &str, source: &str, export: &str, out: &str, extra: &[
     pretext_s3(&args, d, "test")
 }
 
+/// moto with the lake uploaded, the scratch directory, and the parts of a fault-free export of
+/// `lake/corpus` (in `ref`); `None` where moto is missing and CI does not require it.
+fn fault_free() -> Option<(S3, tempfile::TempDir, Vec<Part>)> {
+    let s3 = S3::start(false)?;
+    let t = tempdir();
+    let d = t.path();
+    lake(&s3, d);
+    let o = export(d, "ref.yaml", &s3_source("s3://lake/corpus", &s3.options(), ""), "", "ref", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = parts(&d.join("ref"));
+    Some((s3, t, reference))
+}
+
 fn s3_source(path: &str, options: &str, retry: &str) -> String {
     format!("{{ path: '{path}', storage_options: {options}{retry} }}")
 }
 
-fn parts(dir: &Path) -> Vec<(String, Vec<u8>)> {
+/// An export's part: its file name and bytes.
+type Part = (String, Vec<u8>);
+
+fn parts(dir: &Path) -> Vec<Part> {
     dir_files(dir).into_iter().filter(|(n, _)| n.starts_with("part-")).collect()
 }
 
@@ -69,13 +85,8 @@ fn tally(a: &mut std::collections::BTreeMap<String, u64>, b: std::collections::B
 
 #[test]
 fn exports_from_s3_are_identical_under_mid_body_resets_of_gets_and_lists() {
-    let Some(s3) = S3::start(false) else { return };
-    let t = tempdir();
+    let Some((s3, t, reference)) = fault_free() else { return };
     let d = t.path();
-    lake(&s3, d);
-    let o = export(d, "ref.yaml", &s3_source("s3://lake/corpus", &s3.options(), ""), "", "ref", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reference = parts(&d.join("ref"));
     assert!(reference.len() > 3);
     let mut injected = Default::default();
     for seed in 0..RUNS {
@@ -93,13 +104,8 @@ fn exports_from_s3_are_identical_under_mid_body_resets_of_gets_and_lists() {
 
 #[test]
 fn exports_to_s3_are_identical_when_a_quarter_of_all_requests_get_503_or_uploads_are_cut() {
-    let Some(s3) = S3::start(false) else { return };
-    let t = tempdir();
+    let Some((s3, t, reference)) = fault_free() else { return };
     let d = t.path();
-    lake(&s3, d);
-    let o = export(d, "ref.yaml", &s3_source("s3://lake/corpus", &s3.options(), ""), "", "ref", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reference = parts(&d.join("ref"));
     let mut injected = Default::default();
     for seed in 0..RUNS {
         let proxy = Proxy::start(&s3, &["--seed", &seed.to_string(), "--status-rate", "0.25", "--statuses", "503"]);
@@ -175,13 +181,8 @@ fn train_run(d: &Path, run_dir: &str, options: &str, retry: &str, extra: &[&str]
 
 #[test]
 fn an_outage_of_thirty_seconds_mid_export_and_mid_training_is_waited_out() {
-    let Some(s3) = S3::start(false) else { return };
-    let t = tempdir();
+    let Some((s3, t, reference)) = fault_free() else { return };
     let d = t.path();
-    lake(&s3, d);
-    let o = export(d, "ref.yaml", &s3_source("s3://lake/corpus", &s3.options(), ""), "", "ref", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reference = parts(&d.join("ref"));
     let trained = train(d, "tref", &s3.options(), "");
     // Both at once, each behind its own proxy that resets every connection for 30 s part-way
     // through the reads: the export reads 6 footers and 18 row groups; training reads 48 footers,
@@ -209,13 +210,8 @@ fn an_outage_of_thirty_seconds_mid_export_and_mid_training_is_waited_out() {
 
 #[test]
 fn a_spent_budget_says_the_failure_was_transient_and_resume_ends_identical() {
-    let Some(s3) = S3::start(false) else { return };
-    let t = tempdir();
+    let Some((s3, t, reference)) = fault_free() else { return };
     let d = t.path();
-    lake(&s3, d);
-    let o = export(d, "ref.yaml", &s3_source("s3://lake/corpus", &s3.options(), ""), "", "ref", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reference = parts(&d.join("ref"));
     let trained = train(d, "tref", &s3.options(), "");
     // A budget of 2 s against an outage of a minute.
     let retry = ", retry: { timeout_s: 2, backoff_s: 0.05, max_backoff_s: 0.5 }";

@@ -307,10 +307,7 @@ fn pretext_and_transformers_train_to_the_same_weights() {
         let mut worst = (String::new(), 0.0f64, 0.0f64);
         for (name, v) in diffs {
             let [diff, spread] = [0, 2].map(|i| v[i].as_f64().unwrap() / v[1].as_f64().unwrap().max(1e-12));
-            assert!(
-                diff <= 1e-4,
-                "{kind}: `{name}` differs by {diff:.2e} of its scale (two-halves run: {spread:.2e})"
-            );
+            assert!(diff <= 1e-4, "{kind}: `{name}` differs by {diff:.2e} of its scale (two-halves run: {spread:.2e})");
             if diff > worst.1 {
                 worst = (name.clone(), diff, spread);
             }
