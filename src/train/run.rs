@@ -322,48 +322,40 @@ impl Run {
         Ok(())
     }
 
-    /// A graceful stop: a checkpoint of the last finished step, unless it has one, and the
-    /// error that says how to continue.
-    fn stopped(&mut self, signal: i32) -> Result<Error> {
+    /// Keeps the steps done so far (a checkpoint of the last finished step, unless it has one)
+    /// and says where the run stands: `None` before its first step, when nothing was saved.
+    fn save_for_resume(&mut self) -> Result<Option<String>> {
         let step = self.trainer.step;
         if step > self.start_step && !step.is_multiple_of(self.every) {
             self.last_checkpoint = Some(self.checkpoint()?);
         }
         let steps = self.cfg.steps;
-        let what = match &self.last_checkpoint {
-            Some(c) => format!(
+        Ok(match &self.last_checkpoint {
+            Some(c) => Some(format!(
                 "training stopped after step {step} of {steps}, checkpoint `{}`; continue it with `--resume`",
                 c.display()
-            ),
-            None if step > 0 => {
-                format!("training stopped at step {step} of {steps} before any new step; continue it with `--resume`")
-            }
-            None => "training stopped before its first step; nothing was saved".to_string(),
-        };
+            )),
+            None if step > 0 => Some(format!(
+                "training stopped at step {step} of {steps} before any new step; continue it with `--resume`"
+            )),
+            None => None,
+        })
+    }
+
+    /// A graceful stop: the steps done are kept, and the error says how to continue.
+    fn stopped(&mut self, signal: i32) -> Result<Error> {
+        let what = self.save_for_resume()?;
+        let what = what.unwrap_or_else(|| "training stopped before its first step; nothing was saved".to_string());
         Ok(stop::stopped(signal, what))
     }
 
     /// The pipeline failed (a source the store gave up on, a damaged file): the steps done so
-    /// far are kept as for a graceful stop, and the error says where to continue from.
+    /// far are kept as for a graceful stop, and the error's hint says how to continue.
     fn data_failed(&mut self, e: Error) -> Result<Error> {
         if matches!(e, Error::Internal(_)) {
             return Ok(e);
         }
-        let step = self.trainer.step;
-        if step > self.start_step && !step.is_multiple_of(self.every) {
-            self.last_checkpoint = Some(self.checkpoint()?);
-        }
-        let steps = self.cfg.steps;
-        let note = match &self.last_checkpoint {
-            Some(c) => format!(
-                "training stopped after step {step} of {steps}; checkpoint `{}` holds it: `--resume` continues from there",
-                c.display()
-            ),
-            None if step > 0 => {
-                format!("training stopped at step {step} of {steps} before any new step; `--resume` continues from there")
-            }
-            None => return Ok(e),
-        };
+        let Some(note) = self.save_for_resume()? else { return Ok(e) };
         Ok(match e {
             Error::Data { message, hint } => Error::Data { message, hint: Some(with_note(hint, note)) },
             Error::Env { message, hint } => Error::Env { message, hint: Some(with_note(hint, note)) },
