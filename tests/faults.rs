@@ -107,27 +107,27 @@ fn exports_to_s3_are_identical_when_a_quarter_of_all_requests_get_503_or_uploads
     let Some((s3, t, reference)) = fault_free() else { return };
     let d = t.path();
     let mut injected = Default::default();
-    for seed in 0..RUNS {
-        let proxy = Proxy::start(&s3, &["--seed", &seed.to_string(), "--status-rate", "0.25", "--statuses", "503"]);
-        let out = format!("s3://lake/out/s{seed}");
+    // One export to `lake/out/<name><seed>` through a proxy with `faults`; the source is read
+    // through the proxy too, or (`direct`) straight from the server.
+    let mut to_s3 = |name: &str, seed: u64, faults: &[&str], direct: bool| {
+        let proxy = Proxy::start(&s3, &[&["--seed", &seed.to_string()][..], faults].concat());
+        let from = if direct { s3.options() } else { proxy.options() };
         let to = format!(", storage_options: {}", proxy.options());
-        let o = export(d, "s.yaml", &s3_source("s3://lake/corpus", &proxy.options(), ""), &to, &out, &[]);
-        assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
-        assert!(s3.finished_parts(&format!("out/s{seed}")) == reference, "seed {seed}: the export differs");
+        let out = format!("out/{name}{seed}");
+        let o = export(d, "s.yaml", &s3_source("s3://lake/corpus", &from, ""), &to, &format!("s3://lake/{out}"), &[]);
+        assert!(o.status.success(), "{name} seed {seed}: {}", stderr(&o));
+        assert!(s3.finished_parts(&out) == reference, "{name} seed {seed}: the export differs");
         tally(&mut injected, proxy.injected());
-    }
-    for kind in ["status_503_GET", "status_503_PUT", "status_503_HEAD"] {
-        assert!(injected.get(kind).copied().unwrap_or(0) >= 1, "{kind}: {injected:?}");
+    };
+    for seed in 0..RUNS {
+        to_s3("s", seed, &["--status-rate", "0.25", "--statuses", "503"], false);
     }
     // Uploads cut off half-way through their bodies.
     for seed in 0..5 {
-        let proxy = Proxy::start(&s3, &["--seed", &seed.to_string(), "--reset-put", "0.15"]);
-        let out = format!("s3://lake/out/p{seed}");
-        let to = format!(", storage_options: {}", proxy.options());
-        let o = export(d, "p.yaml", &s3_source("s3://lake/corpus", &s3.options(), ""), &to, &out, &[]);
-        assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
-        assert!(s3.finished_parts(&format!("out/p{seed}")) == reference, "seed {seed}: the export differs");
-        tally(&mut injected, proxy.injected());
+        to_s3("p", seed, &["--reset-put", "0.15"], true);
+    }
+    for kind in ["status_503_GET", "status_503_PUT", "status_503_HEAD"] {
+        assert!(injected.get(kind).copied().unwrap_or(0) >= 1, "{kind}: {injected:?}");
     }
     assert!(injected.get("reset_PUT").copied().unwrap_or(0) >= 1, "{injected:?}");
 }

@@ -7,17 +7,25 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A moto S3 server on a free loopback port, stopped at drop.
-pub struct S3 {
-    child: Child,
-    pub port: u16,
+/// A child process, killed and reaped at drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Options for pipelines that reach an S3 server at `port` on loopback.
+fn options_at(port: u16) -> String {
+    format!("{{ endpoint: 'http://127.0.0.1:{port}', allow_http: true, region: us-east-1 }}")
+}
+
+/// A moto S3 server on a free loopback port, stopped at drop.
+pub struct S3 {
+    _child: Killed,
+    pub port: u16,
 }
 
 impl S3 {
@@ -42,7 +50,7 @@ impl S3 {
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
         }
         let child = cmd.spawn().unwrap();
-        let s3 = S3 { child, port };
+        let s3 = S3 { _child: Killed(child), port };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto did not start on port {port}");
@@ -143,7 +151,7 @@ impl S3 {
 
     /// Options for pipelines reading or writing this server.
     pub fn options(&self) -> String {
-        format!("{{ endpoint: '{}', allow_http: true, region: us-east-1 }}", self.endpoint())
+        options_at(self.port)
     }
 }
 
@@ -165,15 +173,8 @@ pub fn pretext_s3(args: &[&str], cwd: &Path, key: &str) -> Output {
 /// The fault-injecting proxy (`tests/support/fault_proxy.py`) in front of a server, stopped at
 /// drop. `args` are the proxy's own (`--seed 3 --reset-get 0.15`, …).
 pub struct Proxy {
-    child: Child,
+    _child: Killed,
     pub port: u16,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Proxy {
@@ -192,12 +193,12 @@ impl Proxy {
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let port = line.trim().strip_prefix("listening on ").and_then(|p| p.parse().ok());
         let port = port.unwrap_or_else(|| panic!("the fault proxy did not start: {line:?}"));
-        Proxy { child, port }
+        Proxy { _child: Killed(child), port }
     }
 
     /// Options for pipelines that reach the server through this proxy.
     pub fn options(&self) -> String {
-        format!("{{ endpoint: 'http://127.0.0.1:{}', allow_http: true, region: us-east-1 }}", self.port)
+        options_at(self.port)
     }
 
     /// What the proxy injected so far: counts by kind (`get_reset`, `status_503_PUT`, …).

@@ -26,8 +26,7 @@ use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
 use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use rand::{Rng, SeedableRng};
 
@@ -197,7 +196,13 @@ impl Shared {
         Ok(())
     }
 
-    fn gave_up(&self, e: object_store::Error, what: &str, location: &StorePath, failing: &Failing) -> object_store::Error {
+    fn gave_up(
+        &self,
+        e: object_store::Error,
+        what: &str,
+        location: &StorePath,
+        failing: &Failing,
+    ) -> object_store::Error {
         let text = e.to_string();
         // The client's own retries of the last try, as its message counts them.
         let inner = text
@@ -259,7 +264,11 @@ impl Shared {
 
 /// A listing that survives failures part-way: after one, it lists again from the last key it
 /// delivered (stores list in key order, and `list_with_offset` starts after a key).
-fn listing(shared: Arc<Shared>, prefix: Option<StorePath>, offset: Option<StorePath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+fn listing(
+    shared: Arc<Shared>,
+    prefix: Option<StorePath>,
+    offset: Option<StorePath>,
+) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
     struct State {
         shared: Arc<Shared>,
         prefix: Option<StorePath>,
@@ -308,17 +317,24 @@ fn listing(shared: Arc<Shared>, prefix: Option<StorePath>, offset: Option<StoreP
 
 #[async_trait::async_trait]
 impl ObjectStore for Patient {
-    async fn put_opts(&self, location: &StorePath, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &StorePath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         if !matches!(opts.mode, PutMode::Overwrite) {
             // A conditional write tried again after a reply that was lost would fail on its own
             // success: leave it to the client's retries, which know when that cannot happen.
             self.0.reachable().await?;
             return self.0.full.put_opts(location, payload, opts).await;
         }
-        self.0.patiently("writing", location, |s| {
+        self.0
+            .patiently("writing", location, |s| {
                 let (payload, opts) = (payload.clone(), opts.clone());
                 async move { s.put_opts(location, payload, opts).await }
-            }).await
+            })
+            .await
     }
 
     async fn put_multipart_opts(
@@ -326,10 +342,12 @@ impl ObjectStore for Patient {
         location: &StorePath,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.patiently("starting an upload", location, |s| {
+        self.0
+            .patiently("starting an upload", location, |s| {
                 let opts = opts.clone();
                 async move { s.put_multipart_opts(location, opts).await }
-            }).await
+            })
+            .await
     }
 
     async fn get_opts(&self, location: &StorePath, options: GetOptions) -> object_store::Result<GetResult> {
@@ -402,10 +420,12 @@ impl ObjectStore for Patient {
     }
 
     async fn copy_opts(&self, from: &StorePath, to: &StorePath, options: CopyOptions) -> object_store::Result<()> {
-        self.0.patiently("copying", from, |s| {
+        self.0
+            .patiently("copying", from, |s| {
                 let options = options.clone();
                 async move { s.copy_opts(from, to, options).await }
-            }).await
+            })
+            .await
     }
 }
 
