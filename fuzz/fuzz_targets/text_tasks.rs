@@ -4,12 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use pretext::stream::{Packer, Packing};
-use pretext::tokenize::batch::tokenized_batch;
 use pretext::task::causal::Causal;
 use pretext::task::contrastive::{Contrastive, Views};
 use pretext::task::denoise::Denoise;
 use pretext::task::span::Span;
 use pretext::task::{list_values, Task, TaskContext};
+use pretext::tokenize::batch::tokenized_batch;
 
 const PAD: u32 = 0;
 

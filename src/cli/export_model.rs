@@ -32,7 +32,8 @@ pub fn load(run_dir: &Path, step: Option<u64>) -> Result<Loaded> {
     }
     let rt = super::runtime()?;
     // A trained tokenizer is the one the run saved.
-    let build = BuildOptions { tokenizer_dir: Some(run_dir.to_path_buf()), reuse_tokenizer: true, ..Default::default() };
+    let build =
+        BuildOptions { tokenizer_dir: Some(run_dir.to_path_buf()), reuse_tokenizer: true, ..Default::default() };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;
     let cfg = settings(&plan);
     // On the CPU in f32, whatever the run trained in (bf16 weights load converted).

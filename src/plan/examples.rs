@@ -71,7 +71,6 @@ impl Plan {
             }
         }
     }
-
 }
 
 /// Rows a task's observer takes in between two snapshots.
@@ -79,12 +78,7 @@ const OBSERVED_ROWS: usize = 1024;
 
 /// Image and table rows → examples: the task's observer (if any) sees every batch in scan order,
 /// then `apply` runs on the blocking pool, `workers` batches at a time, in order.
-fn record_examples(
-    rows: BatchStream,
-    task: Arc<dyn Task>,
-    cx: TaskContext,
-    workers: usize,
-) -> BatchStream {
+fn record_examples(rows: BatchStream, task: Arc<dyn Task>, cx: TaskContext, workers: usize) -> BatchStream {
     let schema = task.output_schema();
     let keys_of = |b: &RecordBatch| b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
     let Some(mut observer) = task.observer(&cx) else {

@@ -315,7 +315,15 @@ impl Plan {
     /// `bos`, `eos`; `None` where it has none): what a model built for the batches needs.
     pub fn vocabulary(&self) -> (u32, [(&'static str, Option<u32>); 7]) {
         let s = &self.tokenizer.specials;
-        let ids = [("pad", s.pad), ("unk", s.unk), ("cls", s.cls), ("sep", s.sep), ("mask", s.mask), ("bos", s.bos), ("eos", s.eos)];
+        let ids = [
+            ("pad", s.pad),
+            ("unk", s.unk),
+            ("cls", s.cls),
+            ("sep", s.sep),
+            ("mask", s.mask),
+            ("bos", s.bos),
+            ("eos", s.eos),
+        ];
         (self.tokenizer.vocab_size, ids)
     }
 

@@ -74,9 +74,7 @@ impl Plan {
     ) -> Windows {
         let source = &self.sources[i];
         // With shuffling on, every epoch also reads the files in its own seeded order.
-        let shuffle_seed = self
-            .shuffle_window
-            .map(|_| seeds::file_order(self.seed, epoch));
+        let shuffle_seed = self.shuffle_window.map(|_| seeds::file_order(self.seed, epoch));
         let opts = ScanOptions {
             shuffle_seed,
             count: own.as_ref().is_some_and(|o| o.1),

@@ -276,4 +276,3 @@ pub(super) fn build(pipeline: &Pipeline, tokenizer: &TextTokenizer, source: &Sou
         | TaskSpec::Vime(_) => unreachable!("record tasks are built above"),
     })
 }
-

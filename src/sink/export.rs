@@ -205,10 +205,11 @@ pub async fn export(plan: Arc<Plan>, opts: &ExportOptions) -> Result<ExportRepor
                         "pass `--allow-new-data` to continue with the new data (finished parts keep the old), pin the data (`source.version` for Delta), or export to a new directory",
                     ));
                 } else {
-                    let mut changed: Vec<String> = crate::ground::identity::changed_paths(&progress.pipeline, &resolved)
-                        .iter()
-                        .map(|p| format!("`{p}`"))
-                        .collect();
+                    let mut changed: Vec<String> =
+                        crate::ground::identity::changed_paths(&progress.pipeline, &resolved)
+                            .iter()
+                            .map(|p| format!("`{p}`"))
+                            .collect();
                     if progress.pipeline == resolved {
                         changed = vec!["the tokenizer file, the shard, or the version of pretext that wrote it (how the stream is cut into windows)".into()];
                     }
@@ -340,8 +341,8 @@ async fn write_parts(
     let schema: SchemaRef = Arc::new(Schema::new_with_metadata(task_schema.fields().clone(), metadata));
     let mut skip: u64 = progress.parts.iter().map(|p| p.rows).sum();
     let finished = progress.parts.len();
-    let mut writer = Writer::new(opts.target.clone(), schema.clone(), spec, plan.seq_len, progress)
-        .map_err(|e| (e, finished))?;
+    let mut writer =
+        Writer::new(opts.target.clone(), schema.clone(), spec, plan.seq_len, progress).map_err(|e| (e, finished))?;
     let meter = Meter::new(opts.progress_bar, "exporting");
     // Resume from the stream position saved with the last finished part: one window is
     // regenerated, not the examples of the finished parts.

@@ -108,7 +108,13 @@ pub(super) struct Writer {
 
 impl Writer {
     /// A writer that continues after `progress`'s finished parts, in `target`'s work directory.
-    pub(super) fn new(target: Target, schema: SchemaRef, spec: &ExportSpec, seq_len: usize, progress: Progress) -> Result<Writer> {
+    pub(super) fn new(
+        target: Target,
+        schema: SchemaRef,
+        spec: &ExportSpec,
+        seq_len: usize,
+        progress: Progress,
+    ) -> Result<Writer> {
         let props = properties(spec, &schema)?;
         // The writer is handed chunks of at most 256k values (2048 rows of 128): the Parquet writer
         // still makes row groups of `row_group_rows`, encoding as it goes, while the rows waiting

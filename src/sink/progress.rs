@@ -49,4 +49,3 @@ impl Meter {
         self.bar.abandon();
     }
 }
-

@@ -37,8 +37,11 @@ pub async fn run(pipeline: Pipeline, request: &ExportRequest) -> Result<ExportRe
     if state == OutputState::Interrupted {
         target.progress().await?;
     }
-    let build =
-        BuildOptions { tokenizer_dir: Some(target.tokenizer_dir()), reuse_tokenizer: request.resume, ..Default::default() };
+    let build = BuildOptions {
+        tokenizer_dir: Some(target.tokenizer_dir()),
+        reuse_tokenizer: request.resume,
+        ..Default::default()
+    };
     let plan = Plan::build(pipeline, &build).await?;
     let opts = ExportOptions {
         target,

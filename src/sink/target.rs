@@ -391,7 +391,6 @@ fn names_in(dir: &Path) -> Result<Vec<String>> {
     Ok(entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
 }
 
-
 /// Publishes a local export in one step, so that a reader listing the directory sees nothing or
 /// everything even while the parts move: staging gets the manifest and a copy of the tokenizer,
 /// leaves the directory for its ready place beside it, and is renamed over the then empty

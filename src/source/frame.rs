@@ -54,7 +54,11 @@ pub fn partition_values(
 
 /// File `f` as a DataFrame: read as `how.format`, its partition values added as columns, then
 /// `how.sql` run over it as the table `source` (refused when it is not row-wise).
-pub async fn frame(ctx: &SessionContext, f: &SourceFile, how: Reading<'_>) -> std::result::Result<DataFrame, FrameError> {
+pub async fn frame(
+    ctx: &SessionContext,
+    f: &SourceFile,
+    how: Reading<'_>,
+) -> std::result::Result<DataFrame, FrameError> {
     let path = f.path.to_string_lossy().to_string();
     let ext = f.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let df = match how.format {

@@ -34,4 +34,3 @@ pub fn describe_data_change(old: &serde_json::Value, new: &serde_json::Value) ->
         ),
     }
 }
-

@@ -68,4 +68,3 @@ pub fn read_failed(path: &str, e: impl Into<Error>) -> Error {
         ),
     }
 }
-

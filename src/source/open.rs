@@ -82,7 +82,8 @@ impl Source {
             if let Some(units) = source.row_groups.clone() {
                 // Read by row group: the footer read at listing gives the schema.
                 let mut fields: Vec<Arc<Field>> = units.schema(fi).fields().iter().cloned().collect();
-                let values = partition_values(f, source.delta.as_ref()).map_err(|e| Error::data(format!("`{}`: {e}", f.relative)))?;
+                let values = partition_values(f, source.delta.as_ref())
+                    .map_err(|e| Error::data(format!("`{}`: {e}", f.relative)))?;
                 for (k, v) in values {
                     if fields.iter().all(|fl| fl.name() != &k) {
                         fields.push(Arc::new(Field::new(k, v.data_type(), true)));

@@ -44,4 +44,3 @@ impl WindowStarts {
         self.0.lock().ok()?.iter().rev().find(|s| s.window == window).copied()
     }
 }
-

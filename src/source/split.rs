@@ -37,7 +37,6 @@ impl Split {
     }
 }
 
-
 /// Which rows belong to this split and shard. By rows: the shard takes every `world_size`-th
 /// row of the split, counted in scan order, and every `window_rows` rows of the split make a
 /// window. By blocks: the shard takes the rows of its block of positions in the pass, and

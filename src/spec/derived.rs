@@ -169,7 +169,6 @@ impl DeviceChoice {
     }
 }
 
-
 // T5's length arithmetic for span corruption: the rule on `task.span.seq_len` needs it, and
 // the task cuts its rows by it.
 
@@ -209,11 +208,9 @@ pub fn min_seq_len(noise_density: f64, mean_span: f64) -> usize {
         .unwrap_or(100_000)
 }
 
-
 const SCHEMES: &[&str] = &["s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"];
 
 /// Whether `path` names an object-store location rather than a local path.
 pub fn is_remote(path: &str) -> bool {
     path.split_once("://").is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
 }
-

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use super::yaml::{self, Kind, Node, Pos};
 use super::{
-    is_secret, json_schema, rules::rules, schema_check, Issue, PipelineSpec, SourceSpec, SpecError, SpecErrors, TaskSpec,
+    is_secret, json_schema, rules::rules, schema_check, Issue, PipelineSpec, SourceSpec, SpecError, SpecErrors,
+    TaskSpec,
 };
 
 /// A checked pipeline: the typed spec, the resolved tree (defaults filled in) and where it came
@@ -241,4 +242,3 @@ fn apply_override(tree: &mut Node, text: &str) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -298,7 +298,10 @@ fn retry_rules(r: &RetrySpec, at: Vec<String>, issues: &mut Vec<Issue>) {
     if r.backoff_s > r.max_backoff_s {
         issues.push(Issue::at(
             &[at, vec!["backoff_s".to_string()]].concat(),
-            format!("the first wait ({} s) is longer than the longest (`max_backoff_s`: {} s)", r.backoff_s, r.max_backoff_s),
+            format!(
+                "the first wait ({} s) is longer than the longest (`max_backoff_s`: {} s)",
+                r.backoff_s, r.max_backoff_s
+            ),
             Some("lower `backoff_s` or raise `max_backoff_s`".into()),
         ));
     }
@@ -483,4 +486,3 @@ fn vision_model_rules(spec: &PipelineSpec, model: &ModelSpec, issues: &mut Vec<I
 fn largest_divisor(hidden: u32, below: u32) -> u32 {
     (1..=below.min(hidden)).rev().find(|h| hidden.is_multiple_of(*h)).unwrap_or(1)
 }
-

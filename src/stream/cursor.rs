@@ -261,4 +261,3 @@ fn deal_runs(out: &mut [StreamCursor], i: usize, items: Vec<Leftover>) {
         at += len;
     }
 }
-

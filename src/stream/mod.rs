@@ -199,9 +199,7 @@ mod tests {
     fn a_failed_input_a_failed_job_or_a_panic_ends_the_stream_with_an_error() {
         let rt = rt();
         let ok = || Ok(docs(&["x"]));
-        let collect = |s: futures::stream::BoxStream<'static, Result<RecordBatch>>| {
-            rt.block_on(s.collect::<Vec<_>>())
-        };
+        let collect = |s: futures::stream::BoxStream<'static, Result<RecordBatch>>| rt.block_on(s.collect::<Vec<_>>());
         let failed_input = vec![ok(), Err(Error::data("bad row group")), ok()];
         let out = collect(ordered_blocking(futures::stream::iter(failed_input), 2, Ok).boxed());
         assert_eq!(out.len(), 2);
@@ -236,4 +234,3 @@ mod tests {
         assert!(out.last().unwrap().as_ref().unwrap_err().to_string().contains("stage failed"), "{out:?}");
     }
 }
-

@@ -146,9 +146,7 @@ mod tests {
     /// on the ids it gave the pieces.
     fn texts() -> Vec<String> {
         let words = ["absorbs", "crosses", "predicts", "cools", "emits", "decays", "orbit", "enzyme", "signal"];
-        (0..400)
-            .map(|i| (0..12).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" "))
-            .collect()
+        (0..400).map(|i| (0..12).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" ")).collect()
     }
 
     #[test]

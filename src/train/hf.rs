@@ -427,8 +427,7 @@ mod tests {
     fn decoder(seed: u64, max_len: usize) -> Model {
         let spec = ModelSpec::Decoder(sizes());
         let input = ModelInput { spec: &spec, kind: TaskKind::Causal, vocab: 50, max_len, byol: None, seed };
-        Model::new(&input, &Device::Cpu, DType::F32)
-            .unwrap()
+        Model::new(&input, &Device::Cpu, DType::F32).unwrap()
     }
 
     /// `model`'s tensors renamed by `rename` (`None` drops one), plus `extra`, saved as a
@@ -520,20 +519,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = decoder(1, 12);
         save(&source, dir.path(), |n| Some(n.to_string()), vec![]);
-        let wider =
-            Model::new(
-                &ModelInput {
-                    spec: &ModelSpec::Decoder(sizes()),
-                    kind: TaskKind::Causal,
-                    vocab: 60,
-                    max_len: 12,
-                    byol: None,
-                    seed: 3,
-                },
-                &Device::Cpu,
-                DType::F32,
-            )
-                .unwrap();
+        let wider = Model::new(
+            &ModelInput {
+                spec: &ModelSpec::Decoder(sizes()),
+                kind: TaskKind::Causal,
+                vocab: 60,
+                max_len: 12,
+                byol: None,
+                seed: 3,
+            },
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
         let err = load_pretrained(&wider, Family::Gpt2, 2, dir.path()).unwrap_err().to_string();
         assert!(err.contains("`transformer.wte.weight` has shape [50, 16], the model expects [60, 16]"), "{err}");
         // A layer the checkpoint lacks, and one it has too many of.

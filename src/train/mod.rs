@@ -136,7 +136,12 @@ pub fn run_pipeline(rt: &tokio::runtime::Runtime, pipeline: Pipeline, request: &
     // Before the plan is built: a tokenizer trained for this run is written into the directory.
     checkpoint::check_run_dir(&dir, request.resume)?;
     tune_allocator();
-    let build = BuildOptions { tokenizer_dir: Some(dir.clone()), reuse_tokenizer: request.resume, train: true, ..Default::default() };
+    let build = BuildOptions {
+        tokenizer_dir: Some(dir.clone()),
+        reuse_tokenizer: request.resume,
+        train: true,
+        ..Default::default()
+    };
     let plan = rt.block_on(Plan::build(pipeline, &build))?;
     let opts = TrainOptions {
         run_dir: dir,
@@ -191,4 +196,3 @@ pub fn select_device(device: &str) -> Result<(Device, String)> {
         None => Err(Error::internal(format!("device {device:?} passed validation"))),
     }
 }
-

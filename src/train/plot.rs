@@ -150,7 +150,13 @@ fn draw<DB: DrawingBackend>(
     }
     let mut chart = b.build_cartesian_2d(steps.clone(), 0.0..tps.1).map_err(e)?;
     if text {
-        chart.configure_mesh().y_desc("tokens/s").y_labels(5).y_label_formatter(&|v| format!("{v:.0}")).draw().map_err(e)?;
+        chart
+            .configure_mesh()
+            .y_desc("tokens/s")
+            .y_labels(5)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(e)?;
     }
     let line = chart
         .draw_series(LineSeries::new(records.iter().map(|r| (r.step, r.tokens_per_s)), GREEN.stroke_width(2)))
@@ -169,10 +175,8 @@ fn draw<DB: DrawingBackend>(
 
     // The data-wait share on its own axis, in percent. The axis starts a little below 0 so that
     // the common case, no wait at all, is a line visibly on 0 % rather than hidden in the frame.
-    let shares: Vec<(u64, f64)> = records
-        .iter()
-        .map(|r| (r.step, 100.0 * r.data_wait_s / (r.data_wait_s + r.compute_s).max(1e-9)))
-        .collect();
+    let shares: Vec<(u64, f64)> =
+        records.iter().map(|r| (r.step, 100.0 * r.data_wait_s / (r.data_wait_s + r.compute_s).max(1e-9))).collect();
     let most = shares.iter().map(|p| p.1).fold(0.0, f64::max);
     let ceiling = if most < 5.0 { 5.0 } else { (most * 1.15).min(100.0) };
     let mut b = ChartBuilder::on(&bottom);
@@ -195,10 +199,8 @@ fn draw<DB: DrawingBackend>(
     if text {
         let total_wait: f64 = records.iter().map(|r| r.data_wait_s).sum();
         let total: f64 = records.iter().map(|r| r.data_wait_s + r.compute_s).sum();
-        let label = format!(
-            "data wait: {:.1}% of the run, at most {most:.1}% of a step",
-            100.0 * total_wait / total.max(1e-9)
-        );
+        let label =
+            format!("data wait: {:.1}% of the run, at most {most:.1}% of a step", 100.0 * total_wait / total.max(1e-9));
         line.label(label).legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], MAGENTA));
         chart
             .configure_series_labels()

@@ -300,7 +300,8 @@ impl Run {
             let out = self.trainer.train_step(&micro)?;
             self.account(&micro, &out, wait, started.elapsed());
             let step = self.trainer.step;
-            let eval_due = self.cfg.eval.as_ref().is_some_and(|e| step.is_multiple_of(e.every_steps) || step == self.cfg.steps);
+            let eval_due =
+                self.cfg.eval.as_ref().is_some_and(|e| step.is_multiple_of(e.every_steps) || step == self.cfg.steps);
             let eval_loss = if eval_due && !self.eval_batches.is_empty() {
                 self.trainer.eval_loss(&self.eval_batches)?
             } else {
@@ -434,7 +435,9 @@ impl Run {
                 self.trainer.step, c.embedding_std, self.cfg.collapse_threshold, c.effective_rank, c.dim
             );
             self.bar.suspend(|| {
-                eprintln!("{msg}\n  hint: lower the learning rate, raise the temperature, or use stronger augmentations")
+                eprintln!(
+                    "{msg}\n  hint: lower the learning rate, raise the temperature, or use stronger augmentations"
+                )
             });
         }
         Ok(collapse)

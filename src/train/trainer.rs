@@ -195,7 +195,6 @@ impl Trainer {
     }
 }
 
-
 /// Turns Arrow batches into a trainer's inputs: on the trainer's device, with its padding id
 /// and vocabulary, rows no longer than its model positions.
 #[derive(Debug, Clone)]

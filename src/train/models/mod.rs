@@ -4,8 +4,8 @@
 pub mod cnn;
 pub mod decoder;
 pub mod encoder;
-pub mod seq2seq;
 pub mod mlp;
+pub mod seq2seq;
 pub mod vision;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -18,8 +18,8 @@ use crate::train::nn::{ce, Fwd, Params};
 pub use cnn::Cnn;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
-pub use seq2seq::Seq2seq;
 pub use mlp::Mlp;
+pub use seq2seq::Seq2seq;
 pub use vision::{Vit, VitHead};
 
 /// Loss settings that come from `train:`.
