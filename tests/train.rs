@@ -13,8 +13,9 @@ use common::*;
 use futures::StreamExt;
 use pretext::plan::{BuildOptions, Plan};
 use pretext::train::batch::{to_inputs, Inputs, TaskKind};
-use pretext::train::models::{info_nce, masked_cross_entropy, Net, Objective};
-use pretext::train::nn::{attention, layer_norm, Fwd};
+use pretext::train::models::{info_nce, Net, Objective};
+use pretext::train::nn::{attention, layer_norm, Fwd, MASKED};
+use pretext::train::vocab_loss::vocab_cross_entropy;
 use pretext::train::{settings, train, TrainOptions, Trainer};
 
 const TASKS: &[(&str, &str)] = &[
@@ -178,8 +179,12 @@ fn attention_matches_reference() {
 fn losses_match_reference() {
     let logits = t(&[1., 2., 0.5, -1., 0., 0., 0., 0., 3., -2., 1., 0.5], &[3, 4]);
     let targets = Tensor::new(&[0u32, 3, 1], &Device::Cpu).unwrap();
-    let l = masked_cross_entropy(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
-    assert!((l as f64 - 2.694576568961699).abs() < 1e-5, "{l}");
+    // As the vocabulary projection of rows that are the logits themselves (an identity weight).
+    let identity = Tensor::eye(4, DType::F32, &Device::Cpu).unwrap();
+    for grads in [false, true] {
+        let l = vocab_cross_entropy(&logits, &identity, None, &targets, grads).unwrap().to_scalar::<f32>().unwrap();
+        assert!((l as f64 - 2.694576568961699).abs() < 1e-5, "{l}");
+    }
     let a = t(&[1., 0., 0.6, 0.8, -1., 1.], &[3, 2]);
     let b = t(&[0.9, 0.1, 0.5, 0.9, 0., 1.], &[3, 2]);
     let l = info_nce(&a, &b, 0.5).unwrap().to_scalar::<f32>().unwrap();
@@ -394,31 +399,177 @@ fn train_settings_are_checked() {
 
 #[test]
 fn fused_kernels_match_the_composed_ops_forward_and_backward() {
-    use pretext::train::nn::{reference, softmax};
+    use pretext::train::models::cnn::{group_norm, reference_group_norm};
+    use pretext::train::nn::{attention_probs, conv3x3, gelu, linear, reference};
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 2.0, (3, 5, 17), &dev).unwrap();
     let w = Tensor::randn(1f32, 0.3, 17, &dev).unwrap();
     let b = Tensor::randn(0f32, 0.3, 17, &dev).unwrap();
-    let c = Tensor::randn(0f32, 1.0, (3, 5, 17), &dev).unwrap();
-    let grad = |f: &dyn Fn(&Tensor) -> Tensor| {
-        let v = candle_core::Var::from_tensor(&x).unwrap();
-        let y = f(v.as_tensor());
-        let g = y.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
-        (y, g.get(v.as_tensor()).unwrap().clone())
+    // Attention scores (batch 3, heads 2, 5 queries, 17 keys) and two masks as the models build
+    // them: padding `(B, 1, 1, T)` and a causal one `(B, 1, T, T)`.
+    let scores = Tensor::randn(0f32, 2.0, (3, 2, 5, 17), &dev).unwrap();
+    let pad: Vec<f32> = (0..3 * 17).map(|i| if i % 17 > 12 + i / 17 { MASKED } else { 0.0 }).collect();
+    let pad = Tensor::from_vec(pad, (3, 1, 1, 17), &dev).unwrap();
+    let causal: Vec<f32> = (0..3 * 5 * 17).map(|i| if i % 17 > (i / 17) % 5 { MASKED } else { 0.0 }).collect();
+    let causal = Tensor::from_vec(causal, (3, 1, 5, 17), &dev).unwrap();
+    // Non-square images whose sizes stride 2 does not divide (candle's own conv backward, the
+    // reference, mis-sizes the gradient when height and width differ in parity at stride 2).
+    let images = Tensor::randn(0f32, 1.0, (2, 3, 7, 9), &dev).unwrap();
+    let square = Tensor::randn(0f32, 1.0, (9, 3, 8, 8), &dev).unwrap();
+    let kernel = Tensor::randn(0f32, 0.5, (4, 3, 3, 3), &dev).unwrap();
+    // Linear layers over (3, 5, 17) inputs: PyTorch's (out, in) weight, and GPT-2's (in, out).
+    let (w_out_in, w_in_out) =
+        (Tensor::randn(0f32, 0.5, (6, 17), &dev).unwrap(), Tensor::randn(0f32, 0.5, (17, 6), &dev).unwrap());
+    let bias6 = Tensor::randn(0f32, 0.5, 6, &dev).unwrap();
+    let maps = Tensor::randn(0.5f32, 2.0, (2, 6, 3, 5), &dev).unwrap();
+    let (gamma, beta) = (Tensor::randn(1f32, 0.3, 6, &dev).unwrap(), Tensor::randn(0f32, 0.3, 6, &dev).unwrap());
+    type Op<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
+    let conv = |stride: usize, fused: bool| {
+        move |v: &[Tensor]| {
+            let f = if fused { conv3x3 } else { reference::conv3x3 };
+            f(&v[0], &v[1], stride).unwrap()
+        }
     };
-    type Op<'a> = &'a dyn Fn(&Tensor) -> Tensor;
-    let pairs: [(Op, Op); 2] = [
-        (&|x| softmax(x).unwrap(), &|x| reference::softmax(x).unwrap()),
-        (&|x| layer_norm(x, &w, &b, 1e-5).unwrap(), &|x| reference::layer_norm(x, &w, &b, 1e-5).unwrap()),
+    let probs = |bias: Option<&Tensor>, dropout: f64, fused: bool| {
+        let (bias, fwd) = (bias.cloned(), Fwd::train(dropout, 7));
+        move |v: &[Tensor]| {
+            let f = if fused { attention_probs } else { reference::attention_probs };
+            f(&v[0], bias.as_ref(), 0.25, &fwd).unwrap()
+        }
+    };
+    type Boxed = Box<dyn Fn(&[Tensor]) -> Tensor>;
+    let cases: Vec<(&str, Vec<&Tensor>, Boxed, Boxed)> = vec![
+        (
+            "layer norm",
+            vec![&x, &w, &b],
+            Box::new(|v| layer_norm(&v[0], &v[1], &v[2], 1e-5).unwrap()),
+            Box::new(|v| reference::layer_norm(&v[0], &v[1], &v[2], 1e-5).unwrap()),
+        ),
+        (
+            "gelu",
+            vec![&x],
+            Box::new(|v| gelu(&v[0], true).unwrap()),
+            Box::new(|v| reference::gelu(&v[0], true).unwrap()),
+        ),
+        (
+            "tanh gelu",
+            vec![&x],
+            Box::new(|v| gelu(&v[0], false).unwrap()),
+            Box::new(|v| reference::gelu(&v[0], false).unwrap()),
+        ),
+        ("attention, no bias", vec![&scores], Box::new(probs(None, 0.0, true)), Box::new(probs(None, 0.0, false))),
+        (
+            "attention, padding",
+            vec![&scores],
+            Box::new(probs(Some(&pad), 0.0, true)),
+            Box::new(probs(Some(&pad), 0.0, false)),
+        ),
+        (
+            "attention, causal, dropout",
+            vec![&scores],
+            Box::new(probs(Some(&causal), 0.3, true)),
+            Box::new(probs(Some(&causal), 0.3, false)),
+        ),
+        (
+            "linear",
+            vec![&x, &w_out_in, &bias6],
+            Box::new(|v| linear(&v[0], &v[1], Some(&v[2]), false).unwrap()),
+            Box::new(|v| reference::linear(&v[0], &v[1], Some(&v[2]), false).unwrap()),
+        ),
+        (
+            "linear, (in, out) weight, no bias",
+            vec![&x, &w_in_out],
+            Box::new(|v| linear(&v[0], &v[1], None, true).unwrap()),
+            Box::new(|v| reference::linear(&v[0], &v[1], None, true).unwrap()),
+        ),
+        (
+            "group norm",
+            vec![&maps, &gamma, &beta],
+            Box::new(|v| group_norm(&v[0], &v[1], &v[2], 3).unwrap()),
+            Box::new(|v| reference_group_norm(&v[0], &v[1], &v[2], 3).unwrap()),
+        ),
+        ("conv, stride 1", vec![&images, &kernel], Box::new(conv(1, true)), Box::new(conv(1, false))),
+        ("conv, stride 2", vec![&images, &kernel], Box::new(conv(2, true)), Box::new(conv(2, false))),
+        // More images than one block of the weight gradient's partial sums.
+        ("conv, 9 even images", vec![&square, &kernel], Box::new(conv(2, true)), Box::new(conv(2, false))),
     ];
-    for (fused, composed) in pairs {
-        let (y1, g1) = grad(fused);
-        let (y2, g2) = grad(composed);
-        let diff =
-            |a: &Tensor, b: &Tensor| a.sub(b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff(&y1, &y2) < 1e-5, "forward differs by {}", diff(&y1, &y2));
-        assert!(diff(&g1, &g2) < 1e-4, "backward differs by {}", diff(&g1, &g2));
+    let diff = |a: &Tensor, b: &Tensor| a.sub(b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    for (name, inputs, fused, composed) in &cases {
+        let run = |f: Op| {
+            let vars: Vec<candle_core::Var> =
+                inputs.iter().map(|t| candle_core::Var::from_tensor(t).unwrap()).collect();
+            let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&tensors);
+            // A weighted sum, so that the outputs' gradients differ (the same weights both times).
+            let c = Tensor::arange(0f32, y.elem_count() as f32, &dev).unwrap();
+            let c = ((c * 0.37).unwrap().sin().unwrap() + 1.2).unwrap().reshape(y.shape()).unwrap();
+            let store = y.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads: Vec<Tensor> = tensors.iter().map(|t| store.get(t).unwrap().clone()).collect();
+            (y, grads)
+        };
+        // Equal forward values with dropout: the kernel applies the masks `Fwd::dropout` draws.
+        let (y1, g1) = run(fused.as_ref());
+        let (y2, g2) = run(composed.as_ref());
+        assert!(diff(&y1, &y2) < 1e-5, "{name}: forward differs by {}", diff(&y1, &y2));
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            assert!(diff(a, b) < 1e-4 * scale, "{name}: the gradient of input {i} differs by {}", diff(a, b));
+        }
     }
+}
+
+#[test]
+fn the_fused_vocabulary_loss_matches_the_composed_ops_forward_and_backward() {
+    use pretext::train::vocab_loss::reference;
+    let dev = Device::Cpu;
+    // 600 rows: a full chunk of 512 and a partial one.
+    let (n, h, vocab) = (600, 24, 1000);
+    let rows = Tensor::randn(0f32, 1.0, (n, h), &dev).unwrap();
+    let weight = Tensor::randn(0f32, 0.5, (vocab, h), &dev).unwrap();
+    let bias = Tensor::randn(0f32, 0.5, vocab, &dev).unwrap();
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % vocab as u32).collect();
+    let targets = Tensor::new(targets.as_slice(), &dev).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| a.sub(b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    for with_bias in [false, true] {
+        let vars: Vec<candle_core::Var> =
+            [&rows, &weight, &bias].iter().map(|t| candle_core::Var::from_tensor(t).unwrap()).collect();
+        let run = |fused: bool| {
+            let (r, w, b) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+            let b = with_bias.then_some(b);
+            // Scaled, so the incoming gradient is not 1.
+            let loss = if fused {
+                vocab_cross_entropy(r, w, b, &targets, true).unwrap()
+            } else {
+                reference::vocab_cross_entropy(r, w, b, &targets).unwrap()
+            };
+            let store = (&loss * 3.0).unwrap().backward().unwrap();
+            let grads: Vec<Option<Tensor>> = vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect();
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let ((l1, g1), (l2, g2)) = (run(true), run(false));
+        assert!((l1 - l2).abs() < 1e-5 * l2.abs(), "bias {with_bias}: loss {l1} against {l2}");
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(diff(a, b) < 1e-5 * scale, "bias {with_bias}: gradient {i} differs by {}", diff(a, b));
+                }
+                (None, None) => assert!(i == 2 && !with_bias),
+                _ => panic!("bias {with_bias}: gradient {i} is present in one version only"),
+            }
+        }
+        // Without gradients (evaluation) the loss is the same, and a backward pass is refused.
+        let b = with_bias.then_some(&bias);
+        let eval = vocab_cross_entropy(&rows, &weight, b, &targets, false).unwrap();
+        assert_eq!(eval.to_scalar::<f32>().unwrap(), l1);
+        let v = candle_core::Var::from_tensor(&rows).unwrap();
+        let e = vocab_cross_entropy(v.as_tensor(), &weight, b, &targets, false).unwrap().backward();
+        assert!(e.is_err_and(|e| e.to_string().contains("no gradients were computed")));
+    }
+    // No row: a loss of 0.
+    let none = Tensor::zeros(0, DType::U32, &dev).unwrap();
+    let empty = rows.narrow(0, 0, 0).unwrap();
+    assert_eq!(vocab_cross_entropy(&empty, &weight, None, &none, true).unwrap().to_scalar::<f32>().unwrap(), 0.0);
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod collapse;
 pub mod hf;
+mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod nn;
@@ -15,6 +16,7 @@ pub mod plot;
 pub mod probe;
 mod run;
 mod trainer;
+pub mod vocab_loss;
 
 use std::path::PathBuf;
 

@@ -1,16 +1,18 @@
-//! Building blocks: a parameter store with seeded initialisation, layers written with ops that
-//! carry a backward pass (candle's fused layer norm and softmax have none), seeded dropout.
+//! Building blocks: a parameter store with seeded initialisation, layers whose ops carry a
+//! backward pass (fused kernels for f32 on the CPU, `kernels.rs`; composed ops elsewhere), seeded
+//! dropout.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::{Error, Result};
+use crate::train::kernels;
 
 /// Converts a candle error into ours.
 pub fn ce(e: candle_core::Error) -> Error {
@@ -210,13 +212,20 @@ impl Fwd {
 
     /// Inverted dropout: zeroes a share `p` of the values and scales the rest by 1/(1-p).
     pub fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(mask) = self.dropout_mask(x.elem_count()) else { return Ok(x.clone()) };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device()).and_then(|m| m.to_dtype(x.dtype())).map_err(ce)?;
+        x.mul(&mask).map_err(ce)
+    }
+
+    /// The next dropout call's factors for `n` values (0, or 1/(1-p) for a value kept); `None`
+    /// when there is no dropout.
+    pub fn dropout_mask(&self, n: usize) -> Option<Vec<f32>> {
         if !self.train || self.dropout <= 0.0 {
-            return Ok(x.clone());
+            return None;
         }
         let call = self.calls.get();
         self.calls.set(call + 1);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(crate::ground::seeds::dropout(self.seed, call));
-        let n = x.elem_count();
         let keep = 1.0 - self.dropout;
         let scale = (1.0 / keep) as f32;
         // Four 16-bit draws per 64-bit number.
@@ -230,8 +239,7 @@ impl Fwd {
             }
         }
         mask.truncate(n);
-        let mask = Tensor::from_vec(mask, x.shape(), x.device()).and_then(|m| m.to_dtype(x.dtype())).map_err(ce)?;
-        x.mul(&mask).map_err(ce)
+        Some(mask)
     }
 }
 
@@ -259,19 +267,29 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let input = *dims.last().expect("linear input has a last dimension");
-        let rows = x.elem_count() / input;
-        let x2 = x.reshape((rows, input)).map_err(ce)?;
-        let y = if self.transposed { x2.matmul(&self.w) } else { x2.matmul(&self.w.t().map_err(ce)?) }.map_err(ce)?;
-        let y = match &self.b {
-            Some(b) => y.broadcast_add(b).map_err(ce)?,
-            None => y,
-        };
-        let mut out = dims;
-        *out.last_mut().unwrap() = y.dim(1).map_err(ce)?;
-        y.reshape(out).map_err(ce)
+        linear(x, &self.w, self.b.as_ref(), self.transposed)
     }
+}
+
+/// `x Wᵀ + b` over the last dimension of `x`, with `W` stored `(out, in)`, or `x W + b` with `W`
+/// stored `(in, out)` when `transposed` (fused on the CPU in f32).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    if !(fused(x) && w.dtype() == DType::F32) {
+        return reference::linear(x, w, b, transposed);
+    }
+    let f = || -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let input = *dims.last().expect("linear input has a last dimension");
+        let output = w.dim(if transposed { 1 } else { 0 })?;
+        let rows = x.reshape((x.elem_count() / input, input))?.contiguous()?;
+        let (b, has_bias) = match b {
+            Some(b) => (b.contiguous()?, true),
+            None => (Tensor::zeros(output, DType::F32, x.device())?, false),
+        };
+        *dims.last_mut().unwrap() = output;
+        rows.apply_op3(&w.contiguous()?, &b, kernels::Linear { transposed, has_bias })?.reshape(dims)
+    };
+    f().map_err(ce)
 }
 
 /// Layer normalisation over the last dimension, composed from differentiable ops.
@@ -297,95 +315,16 @@ impl LayerNorm {
 
 /// `(x - mean) / sqrt(var + eps) * w + b` over the last dimension (biased variance, as PyTorch).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let f = || -> candle_core::Result<Tensor> {
-        let normed = if fused(x) {
-            x.contiguous()?.apply_op1(Normalize { eps })?
-        } else {
-            let h = x.dim(D::Minus1)? as f64;
-            let mean = (x.sum_keepdim(D::Minus1)? / h)?;
-            let xc = x.broadcast_sub(&mean)?;
-            let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
-            xc.broadcast_div(&(var + eps)?.sqrt()?)?
-        };
-        normed.broadcast_mul(w)?.broadcast_add(b)
-    };
-    f().map_err(ce)
+    if fused(x) && w.dtype() == DType::F32 {
+        let c = |t: &Tensor| t.contiguous().map_err(ce);
+        return c(x)?.apply_op3(&c(w)?, &c(b)?, kernels::LayerNorm { eps }).map_err(ce);
+    }
+    reference::layer_norm(x, w, b, eps)
 }
 
 /// Whether the fused CPU kernels below apply (f32 on the CPU); otherwise composed ops are used.
-fn fused(x: &Tensor) -> bool {
+pub(crate) fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
-}
-
-/// Row-wise `(x − mean) / √(var + eps)` in one pass. Backward:
-/// `dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / σ`.
-struct Normalize {
-    eps: f64,
-}
-
-impl CustomOp1 for Normalize {
-    fn name(&self) -> &'static str {
-        "pretext-normalize"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("normalize: input is not contiguous") };
-        let x = &s.as_slice::<f32>()?[a..b];
-        let n = *l.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        for (xi, yi) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let mean = xi.iter().sum::<f32>() / n as f32;
-            let var = xi.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-            let inv = 1.0 / (var + self.eps as f32).sqrt();
-            for (y, v) in yi.iter_mut().zip(xi) {
-                *y = (v - mean) * inv;
-            }
-        }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let h = arg.dim(D::Minus1)? as f64;
-        let mean = (arg.sum_keepdim(D::Minus1)? / h)?;
-        let var = (arg.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / h)?;
-        let inv = (var + self.eps)?.sqrt()?.recip()?;
-        let g_mean = (g.sum_keepdim(D::Minus1)? / h)?;
-        let gx_mean = ((g * res)?.sum_keepdim(D::Minus1)? / h)?;
-        let dx = g.broadcast_sub(&g_mean)?.sub(&res.broadcast_mul(&gx_mean)?)?.broadcast_mul(&inv)?;
-        Ok(Some(dx))
-    }
-}
-
-/// Row-wise softmax in one pass. Backward: `y ⊙ (g − Σ g ⊙ y)`.
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "pretext-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("softmax: input is not contiguous") };
-        let x = &s.as_slice::<f32>()?[a..b];
-        let n = *l.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        for (xi, yi) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let max = xi.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for (y, v) in yi.iter_mut().zip(xi) {
-                *y = (v - max).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            yi.iter_mut().for_each(|y| *y *= inv);
-        }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(g.broadcast_sub(&dot)?.mul(res)?))
-    }
 }
 
 /// T5's scale-only RMS norm: `x / sqrt(mean(x²) + eps) * w`.
@@ -409,16 +348,26 @@ impl RmsNorm {
     }
 }
 
-/// Softmax over the last dimension, with a backward pass (fused on the CPU in f32).
-pub fn softmax(x: &Tensor) -> Result<Tensor> {
+/// GELU, exact (`x · Φ(x)`) or with the tanh approximation (fused on the CPU in f32).
+pub fn gelu(x: &Tensor, exact: bool) -> Result<Tensor> {
     if fused(x) {
-        return x.contiguous().and_then(|x| x.apply_op1(Softmax)).map_err(ce);
+        return x.contiguous().and_then(|x| x.apply_op1(kernels::Gelu { exact })).map_err(ce);
     }
-    candle_nn::ops::softmax(x, D::Minus1).map_err(ce)
+    reference::gelu(x, exact)
 }
 
-/// The composed (unfused) versions, for comparing against the fused kernels.
-#[cfg(any(test, feature = "internals"))]
+/// A 3×3 convolution with padding 1 and no bias of `(B, C, H, W)` by `(Co, C, 3, 3)` (fused on
+/// the CPU in f32; candle's conv2d elsewhere).
+pub fn conv3x3(x: &Tensor, w: &Tensor, stride: usize) -> Result<Tensor> {
+    if fused(x) && w.dtype() == DType::F32 {
+        let c = |t: &Tensor| t.contiguous().map_err(ce);
+        return c(x)?.apply_op2(&c(w)?, kernels::Conv3x3 { stride }).map_err(ce);
+    }
+    reference::conv3x3(x, w, stride)
+}
+
+/// The composed versions of the fused kernels: what runs on other devices and types, and what
+/// the tests compare the kernels against.
 pub mod reference {
     use super::*;
 
@@ -428,6 +377,38 @@ pub mod reference {
 
     pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
         candle_nn::ops::layer_norm_slow(x, w, b, eps as f32).map_err(ce)
+    }
+
+    pub fn conv3x3(x: &Tensor, w: &Tensor, stride: usize) -> Result<Tensor> {
+        x.conv2d(w, 1, stride, 1, 1).map_err(ce)
+    }
+
+    pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let input = *dims.last().expect("linear input has a last dimension");
+        let x2 = x.reshape((x.elem_count() / input, input)).map_err(ce)?;
+        let y = if transposed { x2.matmul(w) } else { x2.matmul(&w.t().map_err(ce)?) }.map_err(ce)?;
+        let y = match b {
+            Some(b) => y.broadcast_add(b).map_err(ce)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = y.dim(1).map_err(ce)?;
+        y.reshape(out).map_err(ce)
+    }
+
+    pub fn gelu(x: &Tensor, exact: bool) -> Result<Tensor> {
+        if exact { x.gelu_erf() } else { x.gelu() }.map_err(ce)
+    }
+
+    /// `dropout(softmax(scale · scores + bias))`.
+    pub fn attention_probs(scores: &Tensor, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
+        let scores = if scale != 1.0 { (scores * scale).map_err(ce)? } else { scores.clone() };
+        let scores = match bias {
+            Some(b) => scores.broadcast_add(b).map_err(ce)?,
+            None => scores,
+        };
+        fwd.dropout(&softmax(&scores)?)
     }
 }
 
@@ -444,13 +425,26 @@ pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// scores (masks are large negative values) and broadcasts to `(batch, heads, q_len, k_len)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
     let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?;
-    let scores = if scale != 1.0 { (scores * scale).map_err(ce)? } else { scores };
-    let scores = match bias {
-        Some(b) => scores.broadcast_add(b).map_err(ce)?,
-        None => scores,
+    attention_probs(&scores, bias, scale, fwd)?.matmul(v).map_err(ce)
+}
+
+/// `dropout(softmax(scale · scores + bias))`, one fused kernel on the CPU in f32 where the bias
+/// is a constant (a mask); a learned bias (T5's relative positions) takes the composed ops.
+pub fn attention_probs(scores: &Tensor, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
+    let constant = bias.is_none_or(|b| !b.track_op() && b.dtype() == DType::F32);
+    if !(fused(scores) && constant) {
+        return reference::attention_probs(scores, bias, scale, fwd);
+    }
+    let f = || -> candle_core::Result<Tensor> {
+        let bias = match bias {
+            Some(b) => b.broadcast_as(scores.shape())?,
+            None => Tensor::zeros(1, DType::F32, scores.device())?.broadcast_as(scores.shape())?,
+        };
+        let mask = fwd.dropout_mask(scores.elem_count());
+        let op = kernels::AttentionProbs { scale: scale as f32, mask, saved: Default::default() };
+        scores.contiguous()?.apply_op2(&bias, op)
     };
-    let probs = fwd.dropout(&softmax(&scores)?)?;
-    probs.matmul(v).map_err(ce)
+    f().map_err(ce)
 }
 
 /// `(batch, len, heads·head_dim)` → `(batch, heads, len, head_dim)`, contiguous.

@@ -1,15 +1,16 @@
 //! A small ResNet-style CNN for the contrastive image task: a 3×3 stem, then per stage a stride-2
 //! 3×3 convolution and a residual block of two 3×3 convolutions, group normalisation (batch
 //! statistics would couple the examples of a batch, which contrastive losses must not see) and
-//! ReLU, then global average pooling and a 2-layer projection head. Convolutions are candle's
-//! `conv2d` (its backward is a transposed convolution); weights use He initialisation.
+//! ReLU, then global average pooling and a 2-layer projection head. Convolutions are
+//! `nn::conv3x3` (im2col and GEMM both ways on the CPU); weights use He initialisation.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
 use crate::spec::CnnSpec;
+use crate::train::kernels::GroupNorm;
 use crate::train::models::vision::Projection;
-use crate::train::nn::{ce, Fwd, Params};
+use crate::train::nn::{ce, conv3x3, fused, Fwd, Params};
 
 const EPS: f64 = 1e-5;
 
@@ -35,14 +36,22 @@ impl ConvNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.w, 1, self.stride, 1, 1).map_err(ce)?;
+        let y = conv3x3(x, &self.w, self.stride)?;
         group_norm(&y, &self.gamma, &self.beta, self.groups)
     }
 }
 
-/// Group normalisation of `(B, C, H, W)` over `groups` channel groups, composed from
-/// differentiable ops.
+/// Group normalisation of `(B, C, H, W)` over `groups` channel groups (fused on the CPU in f32).
 pub fn group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Tensor> {
+    if fused(x) && gamma.dtype() == DType::F32 {
+        let c = |t: &Tensor| t.contiguous().map_err(ce);
+        return c(x)?.apply_op3(&c(gamma)?, &c(beta)?, GroupNorm { groups, eps: EPS }).map_err(ce);
+    }
+    reference_group_norm(x, gamma, beta, groups)
+}
+
+/// [`group_norm`] composed from differentiable ops.
+pub fn reference_group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Tensor> {
     let f = || -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let g = x.reshape((b, groups, (c / groups) * h * w))?;

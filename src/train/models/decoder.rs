@@ -7,7 +7,8 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::spec::BlockSizes;
-use crate::train::nn::{attention, ce, embed, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::nn::{attention, ce, embed, gelu, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::vocab_loss::vocab_cross_entropy;
 
 const STD: f64 = 0.02;
 const EPS: f64 = 1e-5;
@@ -67,16 +68,27 @@ impl Decoder {
             let part = |i: usize| qkv.narrow(2, i * h, h).map_err(ce).and_then(|t| split_heads(&t, self.heads));
             let a = merge_heads(&attention(&part(0)?, &part(1)?, &part(2)?, Some(bias), scale, fwd)?)?;
             x = (x + fwd.dropout(&b.c_proj.forward(&a)?)?).map_err(ce)?;
-            let m = b.c_fc.forward(&b.ln_2.forward(&x)?)?.gelu().map_err(ce)?;
+            let m = gelu(&b.c_fc.forward(&b.ln_2.forward(&x)?)?, false)?;
             x = (x + fwd.dropout(&b.mlp_proj.forward(&m)?)?).map_err(ce)?;
         }
         self.ln_f.forward(&x)
     }
 
-    /// Next-token logits at the flat positions `select`: `(n, vocab)`.
+    /// Next-token logits at the flat positions `select`: `(n, vocab)` (training computes the
+    /// loss without them, [`Decoder::lm_loss`]).
+    #[cfg(any(test, feature = "internals"))]
     pub fn logits(&self, hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
-        let h = hidden.dim(2).map_err(ce)?;
-        let rows = hidden.reshape(((), h)).and_then(|x| x.index_select(select, 0)).map_err(ce)?;
-        rows.matmul(&self.wte.t().map_err(ce)?).map_err(ce)
+        rows_at(hidden, select)?.matmul(&self.wte.t().map_err(ce)?).map_err(ce)
     }
+
+    /// The next-token loss: mean cross-entropy at the flat positions `select` against `targets`.
+    pub fn lm_loss(&self, hidden: &Tensor, select: &Tensor, targets: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        vocab_cross_entropy(&rows_at(hidden, select)?, &self.wte, None, targets, fwd.train)
+    }
+}
+
+/// The rows of `hidden (B, T, H)` at the flat positions `select`: `(n, H)`.
+fn rows_at(hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
+    let h = hidden.dim(2).map_err(ce)?;
+    hidden.reshape(((), h)).and_then(|x| x.index_select(select, 0)).map_err(ce)
 }

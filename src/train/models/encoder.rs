@@ -7,7 +7,8 @@ use candle_core::Tensor;
 use crate::error::Result;
 use crate::spec::{BlockSizes, Pooling};
 use crate::train::batch::View;
-use crate::train::nn::{attention, ce, embed, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::nn::{attention, ce, embed, gelu, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::vocab_loss::vocab_cross_entropy;
 
 const STD: f64 = 0.02;
 const EPS: f64 = 1e-12;
@@ -100,20 +101,34 @@ impl Encoder {
             let a = merge_heads(&attention(&q, &k, &vv, Some(&v.pad_bias), scale, fwd)?)?;
             let a = fwd.dropout(&b.attn_out.forward(&a)?)?;
             x = b.attn_norm.forward(&(x + a).map_err(ce)?)?;
-            let f = b.inter.forward(&x)?.gelu_erf().map_err(ce)?;
+            let f = gelu(&b.inter.forward(&x)?, true)?;
             let f = fwd.dropout(&b.out.forward(&f)?)?;
             x = b.out_norm.forward(&(x + f).map_err(ce)?)?;
         }
         Ok(x)
     }
 
-    /// Vocabulary logits at the flat positions `select` of `hidden`: `(n, vocab)`.
-    pub fn mlm_logits(&self, hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
+    /// The MLM head's features at the flat positions `select` of `hidden`, before the projection
+    /// onto the vocabulary: `(n, hidden)`.
+    fn mlm_features(&self, hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
         let h = hidden.dim(2).map_err(ce)?;
         let rows = hidden.reshape(((), h)).and_then(|x| x.index_select(select, 0)).map_err(ce)?;
-        let x = self.head_transform.forward(&rows)?.gelu_erf().map_err(ce)?;
-        let x = self.head_norm.forward(&x)?;
+        let x = gelu(&self.head_transform.forward(&rows)?, true)?;
+        self.head_norm.forward(&x)
+    }
+
+    /// Vocabulary logits at the flat positions `select` of `hidden`: `(n, vocab)` (training
+    /// computes the loss without them, [`Encoder::mlm_loss`]).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn mlm_logits(&self, hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
+        let x = self.mlm_features(hidden, select)?;
         x.matmul(&self.word.t().map_err(ce)?).and_then(|l| l.broadcast_add(&self.head_bias)).map_err(ce)
+    }
+
+    /// The MLM loss: mean cross-entropy at the flat positions `select` against `targets`.
+    pub fn mlm_loss(&self, hidden: &Tensor, select: &Tensor, targets: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        let x = self.mlm_features(hidden, select)?;
+        vocab_cross_entropy(&x, &self.word, Some(&self.head_bias), targets, fwd.train)
     }
 
     /// One vector per row: pooled (mean over real tokens, or the first token), dense, tanh.

@@ -251,7 +251,7 @@ impl Model {
             },
             (Net::Encoder(m), Inputs::Mlm { view, select, targets }) => {
                 let h = m.hidden(view, fwd)?;
-                masked_cross_entropy(&m.mlm_logits(&h, select)?, targets)
+                m.mlm_loss(&h, select, targets, fwd)
             }
             (Net::Encoder(m), Inputs::Contrastive { a, b }) => {
                 let za = m.embed_rows(a, fwd)?;
@@ -260,27 +260,16 @@ impl Model {
             }
             (Net::Decoder(m), Inputs::Causal { ids, positions, bias, select, targets }) => {
                 let h = m.hidden(ids, positions, bias, fwd)?;
-                masked_cross_entropy(&m.logits(&h, select)?, targets)
+                m.lm_loss(&h, select, targets, fwd)
             }
             (Net::Seq2seq(m), Inputs::Seq2seq { src, dec_ids, dec_bias, select, targets }) => {
                 let enc = m.encode(&src.ids, &src.pad_bias, fwd)?;
                 let h = m.decode(dec_ids, dec_bias, &enc, &src.pad_bias, fwd)?;
-                masked_cross_entropy(&m.logits(&h, select)?, targets)
+                m.lm_loss(&h, select, targets, fwd)
             }
             _ => Err(Error::internal("the batch does not match the model")),
         }
     }
-}
-
-/// Mean cross-entropy of `logits (n, vocab)` against `targets (n)`: the loss over the positions
-/// whose label is not −100 (those were dropped when the batch was built). With no such
-/// position the loss is 0.
-pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if targets.dim(0).map_err(ce)? == 0 {
-        return Tensor::new(0f32, logits.device()).map_err(ce);
-    }
-    let logits = logits.to_dtype(DType::F32).map_err(ce)?;
-    candle_nn::loss::cross_entropy(&logits, targets).map_err(ce)
 }
 
 /// The mean of a non-empty series of scalar losses.

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use crate::error::Result;
 use crate::spec::BlockSizes;
 use crate::train::nn::{attention, ce, embed, merge_heads, split_heads, Fwd, Linear, Params, RmsNorm};
+use crate::train::vocab_loss::vocab_cross_entropy;
 
 const BUCKETS: usize = 32;
 const MAX_DISTANCE: usize = 128;
@@ -181,11 +182,22 @@ impl Seq2seq {
         fwd.dropout(&self.dec_norm.forward(&x)?)
     }
 
-    /// Logits at the flat decoder positions `select`: `(n, vocab)`.
+    /// Logits at the flat decoder positions `select`: `(n, vocab)` (training computes the loss
+    /// without them, [`Seq2seq::lm_loss`]).
+    #[cfg(any(test, feature = "internals"))]
     pub fn logits(&self, hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
+        self.head_rows(hidden, select)?.matmul(&self.shared.t().map_err(ce)?).map_err(ce)
+    }
+
+    /// The loss: mean cross-entropy at the flat decoder positions `select` against `targets`.
+    pub fn lm_loss(&self, hidden: &Tensor, select: &Tensor, targets: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        vocab_cross_entropy(&self.head_rows(hidden, select)?, &self.shared, None, targets, fwd.train)
+    }
+
+    /// The rows at `select`, scaled by 1/√hidden as T5's tied head does: `(n, hidden)`.
+    fn head_rows(&self, hidden: &Tensor, select: &Tensor) -> Result<Tensor> {
         let rows = hidden.reshape(((), self.hidden)).and_then(|x| x.index_select(select, 0)).map_err(ce)?;
-        let rows = (rows * (self.hidden as f64).powf(-0.5)).map_err(ce)?;
-        rows.matmul(&self.shared.t().map_err(ce)?).map_err(ce)
+        (rows * (self.hidden as f64).powf(-0.5)).map_err(ce)
     }
 }
 

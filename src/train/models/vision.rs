@@ -9,7 +9,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::Result;
 use crate::spec::VitSpec;
-use crate::train::nn::{attention, ce, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::nn::{attention, ce, gelu, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
 
 const STD: f64 = 0.02;
 const EPS: f64 = 1e-6;
@@ -51,7 +51,7 @@ impl Block {
         );
         let a = merge_heads(&attention(&q, &k, &v, None, scale, fwd)?)?;
         let x = (x + self.o.forward(&a)?).map_err(ce)?;
-        let m = self.fc.forward(&self.ln_2.forward(&x)?)?.gelu_erf().map_err(ce)?;
+        let m = gelu(&self.fc.forward(&self.ln_2.forward(&x)?)?, true)?;
         (x + self.proj.forward(&m)?).map_err(ce)
     }
 }
