@@ -240,6 +240,28 @@ impl CustomOp3 for Linear {
     }
 }
 
+/// The input's gradient of a normalisation over one group of values:
+/// `dx = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) · inv`, with `ĝ` the gradient times the scale.
+#[inline(always)]
+fn normalized_grad(dx: &mut [f32], gw: &[f32], xhat: &[f32], inv: f32) {
+    let n = gw.len() as f32;
+    let mean_g = lane_sum(gw, |v| v) / n;
+    let mean_gx = lane_sum2(gw, xhat, |g, x| g * x) / n;
+    for ((dx, gw), xh) in dx.iter_mut().zip(gw).zip(xhat) {
+        *dx = (gw - mean_g - xh * mean_gx) * inv;
+    }
+}
+
+/// The element-wise sum of per-block partial sums, added in block order (so the total does not
+/// depend on which thread made which block).
+fn sum_in_order<'a>(parts: impl Iterator<Item = &'a Vec<f32>>, n: usize) -> Vec<f32> {
+    let mut total = vec![0f32; n];
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+    }
+    total
+}
+
 /// Layer norm over the last dimension, `y = (x − mean) / √(var + eps) · w + b`. Backward, with
 /// `x̂` the normalised row and `ĝ = g ⊙ w`: `dx = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) / σ`,
 /// `dw = Σ g ⊙ x̂`, `db = Σ g` over rows.
@@ -311,21 +333,14 @@ impl CustomOp3 for LayerNorm {
                             *dw += g * xh;
                             *db += g;
                         }
-                        let mean_g = lane_sum(&gw, |v| v) / n as f32;
-                        let mean_gx = lane_sum2(&gw, &xhat, |g, x| g * x) / n as f32;
-                        for ((dx, gw), xh) in dx.iter_mut().zip(&gw).zip(&xhat) {
-                            *dx = (gw - mean_g - xh * mean_gx) * inv;
-                        }
+                        normalized_grad(dx, &gw, &xhat, inv);
                     }
                 });
                 (dw, db)
             })
             .collect();
-        let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
-        for (pw, pb) in &partial {
-            dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
-            db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
-        }
+        let dw = sum_in_order(partial.iter().map(|p| &p.0), n);
+        let db = sum_in_order(partial.iter().map(|p| &p.1), n);
         Ok((Some(tensor(dx, x)?), Some(tensor(dw, w)?), Some(tensor(db, b)?)))
     }
 }
@@ -623,21 +638,14 @@ impl CustomOp3 for GroupNorm {
                             dgamma[ch] += lane_sum2(gk, xh, |g, x| g * x);
                             dbeta[ch] += lane_sum(gk, |g| g);
                         }
-                        let mean_g = lane_sum(&gw, |v| v) / group as f32;
-                        let mean_gx = lane_sum2(&gw, &xhat, |g, x| g * x) / group as f32;
-                        for ((dx, gw), xh) in dx.iter_mut().zip(&gw).zip(&xhat) {
-                            *dx = (gw - mean_g - xh * mean_gx) * inv;
-                        }
+                        normalized_grad(dx, &gw, &xhat, inv);
                     }
                 });
                 (dgamma, dbeta)
             })
             .collect();
-        let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
-        for (pg, pb) in &partial {
-            dgamma.iter_mut().zip(pg).for_each(|(a, v)| *a += v);
-            dbeta.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
-        }
+        let dgamma = sum_in_order(partial.iter().map(|p| &p.0), c);
+        let dbeta = sum_in_order(partial.iter().map(|p| &p.1), c);
         Ok((Some(tensor(dx, x)?), Some(tensor(dgamma, gamma)?), Some(tensor(dbeta, beta)?)))
     }
 }
@@ -811,10 +819,7 @@ impl CustomOp2 for Conv3x3 {
                 dw
             })
             .collect();
-        let mut dw = vec![0f32; c.co * k];
-        for part in &partial {
-            dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
-        }
+        let dw = sum_in_order(partial.iter(), c.co * k);
         Ok((Some(tensor(dx, x)?), Some(tensor(dw, w)?)))
     }
 }
