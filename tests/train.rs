@@ -400,7 +400,7 @@ fn train_settings_are_checked() {
 #[test]
 fn fused_kernels_match_the_composed_ops_forward_and_backward() {
     use pretext::train::models::cnn::{group_norm, reference_group_norm};
-    use pretext::train::nn::{attention_probs, conv3x3, gelu, linear, reference};
+    use pretext::train::nn::{attention_probs, conv3x3, gelu, linear, linear_dropout, reference, self_attention};
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 2.0, (3, 5, 17), &dev).unwrap();
     let w = Tensor::randn(1f32, 0.3, 17, &dev).unwrap();
@@ -437,8 +437,49 @@ fn fused_kernels_match_the_composed_ops_forward_and_backward() {
             f(&v[0], bias.as_ref(), 0.25, &fwd).unwrap()
         }
     };
+    // Self-attention on packed projections: batch 3, 6 positions, 2 heads of 4 (q, k, v side by
+    // side), with a padding mask and a causal one over two packed documents (4 + 2 positions).
+    let packed = Tensor::randn(0f32, 1.0, (3, 6, 24), &dev).unwrap();
+    let pad6: Vec<f32> = (0..3 * 6).map(|i| if i % 6 > 3 + i / 6 { MASKED } else { 0.0 }).collect();
+    let pad6 = Tensor::from_vec(pad6, (3, 1, 1, 6), &dev).unwrap();
+    let docs: Vec<f32> = (0..3 * 36)
+        .map(|i| {
+            let (q, k) = ((i / 6) % 6, i % 6);
+            if k > q || (q >= 4 && k < 4) {
+                MASKED
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let docs = Tensor::from_vec(docs, (3, 1, 6, 6), &dev).unwrap();
+    let attend = |bias: Option<&Tensor>, dropout: f64, fused: bool| {
+        let (bias, fwd) = (bias.cloned(), Fwd::train(dropout, 11));
+        move |v: &[Tensor]| {
+            let f = if fused { self_attention } else { reference::self_attention };
+            f(&v[0], 2, bias.as_ref(), 0.5, &fwd).unwrap()
+        }
+    };
     type Boxed = Box<dyn Fn(&[Tensor]) -> Tensor>;
     let cases: Vec<(&str, Vec<&Tensor>, Boxed, Boxed)> = vec![
+        (
+            "self-attention, no bias",
+            vec![&packed],
+            Box::new(attend(None, 0.0, true)),
+            Box::new(attend(None, 0.0, false)),
+        ),
+        (
+            "self-attention, padding",
+            vec![&packed],
+            Box::new(attend(Some(&pad6), 0.0, true)),
+            Box::new(attend(Some(&pad6), 0.0, false)),
+        ),
+        (
+            "self-attention, packed documents, dropout",
+            vec![&packed],
+            Box::new(attend(Some(&docs), 0.3, true)),
+            Box::new(attend(Some(&docs), 0.3, false)),
+        ),
         (
             "layer norm",
             vec![&x, &w, &b],
@@ -475,6 +516,14 @@ fn fused_kernels_match_the_composed_ops_forward_and_backward() {
             vec![&x, &w_out_in, &bias6],
             Box::new(|v| linear(&v[0], &v[1], Some(&v[2]), false).unwrap()),
             Box::new(|v| reference::linear(&v[0], &v[1], Some(&v[2]), false).unwrap()),
+        ),
+        (
+            "linear, dropout",
+            vec![&x, &w_in_out, &bias6],
+            Box::new(|v| linear_dropout(&v[0], &v[1], Some(&v[2]), true, &Fwd::train(0.3, 5)).unwrap()),
+            Box::new(|v| {
+                Fwd::train(0.3, 5).dropout(&reference::linear(&v[0], &v[1], Some(&v[2]), true).unwrap()).unwrap()
+            }),
         ),
         (
             "linear, (in, out) weight, no bias",

@@ -2,7 +2,7 @@
 
     python3 benches/compare/train.py --pretext target/release/pretext --corpus CORPUS.parquet \\
         --tokenizer tokenizer.json [--images data/shapes] [--steps 8] [--runs 3] [--threads 2] \\
-        [--only encoder,decoder,cnn]
+        [--only encoder,decoder,cnn] [--baseline OLD_PRETEXT]
 
 For each shape (the BERT-style encoder, MLM; the GPT-2-style decoder, causal; 4 layers, hidden
 256, 4 heads, seq 128, batch 32, dropout 0.1): pretext exports the examples once, a one-step
@@ -12,7 +12,9 @@ and `transformers` (BertForMaskedLM / GPT2LMHeadModel, eager attention, given pr
 document-wise causal mask) trains the same steps on the same rows with `torch.optim.AdamW` and
 the same schedule, clipping and weight decay. Both use `threads` threads. Tokens/s counts the
 tokens of each optimizer step (rows × seq_len) over its wall time, the first step left out (both
-warm up there); the median of the runs is reported with the ratio.
+warm up there); the median of the runs is reported with the ratio. With `--baseline`, another
+pretext binary (an earlier build) trains the same steps in the same alternation, so a change is
+measured against the state before it in the same run.
 
 The third shape is SimCLR's on the shapes images (`cnn`): pretext's small ResNet-style CNN
 (widths 16, 32, 64, group norm, projection 64) on two 32×32 views per image, batch 64, NT-Xent at
@@ -38,9 +40,7 @@ SHAPES = {
 }
 BATCH = 32
 CNN_BATCH = 64
-CNN_TASK = (
-    "contrastive_image: { image: { size: 32 }, preset: simclr, augment: { blur: { p: 0.0 }, crop: { scale: [0.3, 1.0] } } }"
-)
+CNN_TASK = "contrastive_image: { image: { size: 32 }, preset: simclr, augment: { blur: { p: 0.0 }, crop: { scale: [0.3, 1.0] } } }"
 CNN_TRAIN = """train:
   model: {{ cnn: {{ widths: [16, 32, 64], projection: 64 }} }}
   steps: {steps}
@@ -144,7 +144,7 @@ def simclr_cnn():
         def __init__(self, widths: list[int]) -> None:
             super().__init__()
             self.stem = ConvNorm(3, widths[0], 1)
-            self.stages = nn.ModuleList(Stage(i, w) for i, w in zip([widths[0]] + widths[:-1], widths))
+            self.stages = nn.ModuleList(Stage(i, w) for i, w in zip([widths[0]] + widths[:-1], widths, strict=True))
 
     class SimclrCnn(nn.Module):
         def __init__(self, widths: list[int], projection: int) -> None:
@@ -219,7 +219,7 @@ def pretext_images_per_s(run_dir: Path) -> float:
     return CNN_BATCH * len(steps) / sum(r["compute_s"] + r["data_wait_s"] for r in steps)
 
 
-def bench_cnn(pretext: str, images: Path, steps: int, runs: int, threads: int) -> None:
+def bench_cnn(pretext: str, baseline: str | None, images: Path, steps: int, runs: int, threads: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         head = (
@@ -237,21 +237,34 @@ def bench_cnn(pretext: str, images: Path, steps: int, runs: int, threads: int) -
             f"name: b\nseed: 7\nsource: {{ path: ex, format: pretext }}\ntask: {{ {CNN_TASK} }}\n"
             f"stream: {{ batch_size: {CNN_BATCH} }}\n{train}"
         )
-        ours, theirs = [], []
+        ours, theirs, before = [], [], []
         for i in range(runs):
             run([pretext, "train", "bench.yaml", "--run-dir", f"run{i}", "--quiet"], d, threads)
             ours.append(pretext_images_per_s(d / f"run{i}"))
+            if baseline:
+                run([baseline, "train", "bench.yaml", "--run-dir", f"base{i}", "--quiet"], d, threads)
+                before.append(pretext_images_per_s(d / f"base{i}"))
             records = [json.loads(r) for r in (d / f"run{i}" / "metrics.jsonl").read_text().splitlines() if r]
             lrs = [r["lr"] for r in records]
             speed, first_loss = torch_images_per_s(init, d / "ex", steps, lrs, threads)
             theirs.append(speed)
+            base = f", baseline {before[-1]:,.0f}" if before else ""
             print(
-                f"cnn run {i + 1}: pretext {ours[-1]:,.0f} images/s, PyTorch {theirs[-1]:,.0f} "
+                f"cnn run {i + 1}: pretext {ours[-1]:,.0f} images/s, PyTorch {theirs[-1]:,.0f}{base} "
                 f"(first loss {records[0]['loss']:.6f} and {first_loss:.6f})",
                 flush=True,
             )
         o, t = statistics.median(ours), statistics.median(theirs)
         print(f"cnn: pretext {o:,.0f} images/s, PyTorch {t:,.0f} images/s: {o / t:.2f}x (median of {runs})")
+        report_baseline("cnn", o, before, "images/s")
+
+
+def report_baseline(shape: str, ours: float, before: list[float], unit: str) -> None:
+    if before:
+        b = statistics.median(before)
+        print(
+            f"{shape}: pretext {ours:,.0f} {unit}, baseline {b:,.0f} {unit}: {ours / b:.2f}x (median of {len(before)})"
+        )
 
 
 def main() -> None:
@@ -264,11 +277,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "data" / "shapes"))
     p.add_argument("--only", default="encoder,decoder,cnn")
+    p.add_argument("--baseline", help="another pretext binary to time in the same runs (an earlier build)")
     a = p.parse_args()
     pretext = str(Path(a.pretext).resolve())
+    baseline = str(Path(a.baseline).resolve()) if a.baseline else None
     for shape in a.only.split(","):
         if shape == "cnn":
-            bench_cnn(pretext, Path(a.images), a.steps, a.runs, a.threads)
+            bench_cnn(pretext, baseline, Path(a.images), a.steps, a.runs, a.threads)
             continue
         task, model, kind = SHAPES[shape]
         with tempfile.TemporaryDirectory() as tmp:
@@ -300,21 +315,27 @@ def main() -> None:
                 f"name: b\nsource: {{ path: ex, format: pretext }}\ntokenizer: {{ file: '{Path(a.tokenizer).resolve()}' }}\n"
                 f"task: {{ {task} }}\nstream: {{ batch_size: {BATCH} }}\n{train}"
             )
-            ours, theirs, lrs = [], [], None
+            ours, theirs, before, lrs = [], [], [], None
             for i in range(a.runs):
                 run([pretext, "train", "bench.yaml", "--run-dir", f"run{i}", "--quiet"], d, a.threads)
                 ours.append(pretext_tokens_per_s(d / f"run{i}"))
+                if baseline:
+                    run([baseline, "train", "bench.yaml", "--run-dir", f"base{i}", "--quiet"], d, a.threads)
+                    before.append(pretext_tokens_per_s(d / f"base{i}"))
                 if lrs is None:
                     records = (d / f"run{i}" / "metrics.jsonl").read_text().splitlines()
                     lrs = [json.loads(r)["lr"] for r in records if r]
                 theirs.append(torch_tokens_per_s(d / "init", d / "ex", kind, a.steps, lrs, a.threads))
+                base = f", baseline {before[-1]:,.0f}" if before else ""
                 print(
-                    f"{shape} run {i + 1}: pretext {ours[-1]:,.0f} tokens/s, transformers {theirs[-1]:,.0f}", flush=True
+                    f"{shape} run {i + 1}: pretext {ours[-1]:,.0f} tokens/s, transformers {theirs[-1]:,.0f}{base}",
+                    flush=True,
                 )
             o, t = statistics.median(ours), statistics.median(theirs)
             print(
                 f"{shape}: pretext {o:,.0f} tokens/s, PyTorch + transformers {t:,.0f} tokens/s: {o / t:.2f}x (median of {a.runs})"
             )
+            report_baseline(shape, o, before, "tokens/s")
 
 
 if __name__ == "__main__":

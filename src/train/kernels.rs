@@ -1,5 +1,6 @@
 //! Fused CPU kernels (f32) with their backward passes: the linear layer, layer and group norm,
-//! the attention probabilities (scale, mask, softmax, dropout), GELU, the 3×3 convolution.
+//! the attention probabilities (scale, mask, softmax, dropout), multi-head self-attention on
+//! packed projections, GELU, the 3×3 convolution.
 //!
 //! Composed from candle's ops, each of these is a chain of element-wise passes, every one a fresh
 //! allocation: the tanh GELU's backward alone is fourteen. Here each direction is one pass over
@@ -13,7 +14,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage, StorageRef, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -33,9 +34,39 @@ fn row_len(l: &Layout) -> usize {
     *l.dims().last().unwrap_or(&1)
 }
 
-/// `g` as a contiguous f32 slice to read in a backward pass.
+/// `g`'s values as a vector of its own, for a backward pass that computes in place over them.
 fn grad_values(g: &Tensor) -> candle_core::Result<Vec<f32>> {
     g.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A tensor's values as a contiguous f32 slice for a backward pass to read: in place when the
+/// tensor is contiguous f32 on the CPU (the usual case), a copy otherwise.
+enum Values<'a> {
+    InPlace(StorageRef<'a>, std::ops::Range<usize>),
+    Copied(Vec<f32>),
+}
+
+fn values(t: &Tensor) -> candle_core::Result<Values<'_>> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+        return Ok(Values::InPlace(storage, a..b));
+    }
+    drop(storage);
+    Ok(Values::Copied(grad_values(t)?))
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::InPlace(storage, range) => {
+                let Storage::Cpu(CpuStorage::F32(v)) = &**storage else { unreachable!("checked by values()") };
+                &v[range.clone()]
+            }
+            Values::Copied(v) => v,
+        }
+    }
 }
 
 fn tensor(values: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
@@ -152,10 +183,14 @@ pub(crate) fn matmul(
 /// `y = x · W + b` with `W` stored `(in, out)` (`transposed`, GPT-2's `Conv1D`), on rows
 /// `(n, in)`: the bias is the GEMM's starting value. Backward: `dx = g · W`, `dW = gᵀ · x` (or
 /// `xᵀ · g`), `db = Σ g` over rows; composed, candle adds the bias in a pass of its own and
-/// accumulates every gradient into a zeroed tensor.
+/// accumulates every gradient into a zeroed tensor. With `mask`, dropout follows: `y ⊙ m` with
+/// the factors `m` the caller drew, and the gradient `g ⊙ m` flows back (composed, the dropout's
+/// product is a pass of its own each way, and its backward also computes a gradient for the
+/// mask).
 pub struct Linear {
     pub transposed: bool,
     pub has_bias: bool,
+    pub mask: Option<Vec<f32>>,
 }
 
 impl Linear {
@@ -205,6 +240,17 @@ impl CustomOp3 for Linear {
             y.par_chunks_mut(o * ROW_BLOCK).for_each(|y| y.chunks_exact_mut(o).for_each(|r| r.copy_from_slice(b)));
         }
         matmul((n, o, i), &mut y, o, self.has_bias, x, (i, 1), w, self.w_in_out(i, o), true);
+        if let Some(mask) = &self.mask {
+            if mask.len() != y.len() {
+                candle_core::bail!("linear: a dropout mask of {} for {} outputs", mask.len(), y.len())
+            }
+            blocks2(
+                &mut y,
+                mask,
+                #[inline(always)]
+                |y, m| y.iter_mut().zip(m).for_each(|(y, m)| *y *= m),
+            );
+        }
         Ok((CpuStorage::F32(y), Shape::from((n, o))))
     }
 
@@ -217,22 +263,36 @@ impl CustomOp3 for Linear {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, i, o) = self.dims(x.dims(), w.dims())?;
-        let (xs, ws, gs) = (grad_values(x)?, grad_values(w)?, grad_values(g)?);
+        let (xs, ws, g_values) = (values(x)?, values(w)?, values(g)?);
+        let masked = self.mask.as_ref().map(|mask| {
+            let mut gm = g_values.to_vec();
+            blocks2(
+                &mut gm,
+                mask,
+                #[inline(always)]
+                |g, m| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m),
+            );
+            gm
+        });
+        let gs: &[f32] = masked.as_deref().unwrap_or(&g_values);
         // dx (n, in) = g (n, out) · W as (out, in)
         let mut dx = vec![0f32; n * i];
         let (rs, cs) = self.w_in_out(i, o);
-        matmul((n, i, o), &mut dx, i, false, &gs, (o, 1), &ws, (cs, rs), true);
+        matmul((n, i, o), &mut dx, i, false, gs, (o, 1), &ws, (cs, rs), true);
         let mut dw = vec![0f32; i * o];
         if self.transposed {
             // dW (in, out) = xᵀ (in, n) · g (n, out)
-            matmul((i, o, n), &mut dw, o, false, &xs, (1, i), &gs, (o, 1), true);
+            matmul((i, o, n), &mut dw, o, false, &xs, (1, i), gs, (o, 1), true);
         } else {
             // dW (out, in) = gᵀ (out, n) · x (n, in)
-            matmul((o, i, n), &mut dw, i, false, &gs, (1, o), &xs, (i, 1), true);
+            matmul((o, i, n), &mut dw, i, false, gs, (1, o), &xs, (i, 1), true);
         }
         let db = self.has_bias.then(|| {
             let mut db = vec![0f32; o];
-            simd(|| gs.chunks_exact(o).for_each(|g| db.iter_mut().zip(g).for_each(|(d, g)| *d += g)));
+            simd(
+                #[inline(always)]
+                || gs.chunks_exact(o).for_each(|g| db.iter_mut().zip(g).for_each(|(d, g)| *d += g)),
+            );
             db
         });
         let db = db.map(|d| tensor(d, b)).transpose()?;
@@ -291,14 +351,17 @@ impl CustomOp3 for LayerNorm {
         let eps = self.eps as f32;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ROW_BLOCK * n).zip(x.par_chunks(ROW_BLOCK * n)).for_each(|(y, x)| {
-            simd(|| {
-                for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                    let (mean, inv) = moments(x, eps);
-                    for (((y, x), w), b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * inv * w + b;
+            simd(
+                #[inline(always)]
+                || {
+                    for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                        let (mean, inv) = moments(x, eps);
+                        for (((y, x), w), b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                            *y = (x - mean) * inv * w + b;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -311,7 +374,7 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (xs, ws, gs) = (grad_values(x)?, grad_values(w)?, grad_values(g)?);
+        let (xs, ws, gs) = (values(x)?, values(w)?, values(g)?);
         let n = ws.len();
         let eps = self.eps as f32;
         let mut dx = vec![0f32; xs.len()];
@@ -322,20 +385,25 @@ impl CustomOp3 for LayerNorm {
             .map(|(dx, (x, g))| {
                 let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
                 let (mut xhat, mut gw) = (vec![0f32; n], vec![0f32; n]);
-                simd(|| {
-                    for ((dx, x), g) in dx.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(g.chunks_exact(n)) {
-                        let (mean, inv) = moments(x, eps);
-                        for ((((xh, gw), x), g), w) in xhat.iter_mut().zip(gw.iter_mut()).zip(x).zip(g).zip(&ws) {
-                            *xh = (x - mean) * inv;
-                            *gw = g * w;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((dx, x), g) in dx.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(g.chunks_exact(n)) {
+                            let (mean, inv) = moments(x, eps);
+                            for ((((xh, gw), x), g), w) in
+                                xhat.iter_mut().zip(gw.iter_mut()).zip(x).zip(g).zip(ws.iter())
+                            {
+                                *xh = (x - mean) * inv;
+                                *gw = g * w;
+                            }
+                            for (((dw, db), g), xh) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat) {
+                                *dw += g * xh;
+                                *db += g;
+                            }
+                            normalized_grad(dx, &gw, &xhat, inv);
                         }
-                        for (((dw, db), g), xh) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat) {
-                            *dw += g * xh;
-                            *db += g;
-                        }
-                        normalized_grad(dx, &gw, &xhat, inv);
-                    }
-                });
+                    },
+                );
                 (dw, db)
             })
             .collect();
@@ -370,27 +438,45 @@ fn softmax_grad_row(y: &[f32], g: &mut [f32]) {
 
 /// `f` on blocks of `x` and the matching blocks of `y` (the same length), in parallel.
 fn blocks2(x: &mut [f32], y: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
-    x.par_chunks_mut(BLOCK).zip(y.par_chunks(BLOCK)).for_each(|(x, y)| simd(|| f(x, y)));
+    x.par_chunks_mut(BLOCK).zip(y.par_chunks(BLOCK)).for_each(|(x, y)| {
+        simd(
+            #[inline(always)]
+            || f(x, y),
+        )
+    });
 }
 
 /// `f(x)` element by element.
 fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
-    blocks2(&mut y, x, |y, x| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+    blocks2(
+        &mut y,
+        x,
+        #[inline(always)]
+        |y, x| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)),
+    );
     y
 }
 
 /// `g ⊙= f(x)` element by element.
 fn scale_by(g: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
-    blocks2(g, x, |g, x| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= f(x)));
+    blocks2(
+        g,
+        x,
+        #[inline(always)]
+        |g, x| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= f(x)),
+    );
 }
 
 /// `f` on every `n`-long row of `x` and `y` (the same length), blocks of rows in parallel.
 fn rows2(x: &mut [f32], y: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
     let block = (BLOCK / n.max(1)).max(1) * n;
-    x.par_chunks_mut(block)
-        .zip(y.par_chunks(block))
-        .for_each(|(x, y)| simd(|| x.chunks_exact_mut(n).zip(y.chunks_exact(n)).for_each(|(x, y)| f(x, y))));
+    x.par_chunks_mut(block).zip(y.par_chunks(block)).for_each(|(x, y)| {
+        simd(
+            #[inline(always)]
+            || x.chunks_exact_mut(n).zip(y.chunks_exact(n)).for_each(|(x, y)| f(x, y)),
+        )
+    });
 }
 
 /// Attention probabilities from raw scores: `dropout(softmax(scale · scores + bias))` in one
@@ -437,24 +523,32 @@ impl CustomOp2 for AttentionProbs {
         let mut p = vec![0f32; scores.len()];
         let block = (BLOCK / n).max(1);
         p.par_chunks_mut(block * n).zip(scores.par_chunks(block * n)).enumerate().for_each(|(i, (p, s))| {
-            simd(|| {
-                for (k, (p, s)) in p.chunks_exact_mut(n).zip(s.chunks_exact(n)).enumerate() {
-                    let b = &bias[bias_row(i * block + k)..];
-                    if strides[rank - 1] == 1 {
-                        p.iter_mut().zip(s).zip(b).for_each(|((p, s), b)| *p = scale * s + b);
-                    } else {
-                        p.iter_mut().zip(s).for_each(|(p, s)| *p = scale * s + b[0]);
+            simd(
+                #[inline(always)]
+                || {
+                    for (k, (p, s)) in p.chunks_exact_mut(n).zip(s.chunks_exact(n)).enumerate() {
+                        let b = &bias[bias_row(i * block + k)..];
+                        if strides[rank - 1] == 1 {
+                            p.iter_mut().zip(s).zip(b).for_each(|((p, s), b)| *p = scale * s + b);
+                        } else {
+                            p.iter_mut().zip(s).for_each(|(p, s)| *p = scale * s + b[0]);
+                        }
+                        softmax_row(p);
                     }
-                    softmax_row(p);
-                }
-            })
+                },
+            )
         });
         let Some(mask) = &self.mask else { return Ok((CpuStorage::F32(p), l1.shape().clone())) };
         if mask.len() != p.len() {
             candle_core::bail!("attention probs: a dropout mask of {} for {} scores", mask.len(), p.len())
         }
         let mut out = p.clone();
-        blocks2(&mut out, mask, |o, m| o.iter_mut().zip(m).for_each(|(o, m)| *o *= m));
+        blocks2(
+            &mut out,
+            mask,
+            #[inline(always)]
+            |o, m| o.iter_mut().zip(m).for_each(|(o, m)| *o *= m),
+        );
         *self.saved.lock().expect("the attention probabilities") = Some(p);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -471,17 +565,182 @@ impl CustomOp2 for AttentionProbs {
         let p = match &self.mask {
             None => grad_values(res)?,
             Some(mask) => {
-                blocks2(&mut dz, mask, |g, m| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m));
+                blocks2(
+                    &mut dz,
+                    mask,
+                    #[inline(always)]
+                    |g, m| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m),
+                );
                 let saved = self.saved.lock().expect("the attention probabilities").take();
                 saved.ok_or_else(|| candle_core::Error::Msg("attention probs: backward ran twice".into()))?
             }
         };
         let scale = self.scale;
-        rows2(&mut dz, &p, n, |g, p| {
-            softmax_grad_row(p, g);
-            g.iter_mut().for_each(|g| *g *= scale);
-        });
+        rows2(
+            &mut dz,
+            &p,
+            n,
+            #[inline(always)]
+            |g, p| {
+                softmax_grad_row(p, g);
+                g.iter_mut().for_each(|g| *g *= scale);
+            },
+        );
         Ok((Some(tensor(dz, scores)?), None))
+    }
+}
+
+/// Multi-head self-attention on packed projections. `qkv (B, T, 3·H)` holds each position's
+/// query, key and value side by side (GPT-2's `c_attn` output, or three stacked linears); the
+/// output `(B, T, H)` has the heads merged. Per batch row and head, with `q`, `k`, `v` the head's
+/// `(T, d)` slices: `o = (m ⊙ p) v`, `p = softmax(scale · q kᵀ + bias)`, `m` the dropout factors.
+/// `bias` is broadcast to `(B, heads, T, T)` and carries no gradient.
+///
+/// Composed, this is three narrows and head splits (each a copy, each with a zero-padded
+/// full-width gradient in backward), two batched matmuls, the probabilities and a head merge.
+/// Here it is one pass per batch row, its GEMMs read the heads through strides, and the
+/// probabilities before dropout are kept for the backward pass:
+/// `dv = (m ⊙ p)ᵀ g`, `dp = m ⊙ (g vᵀ)`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)`, `dq = ds k`,
+/// `dk = dsᵀ q`. Each batch row is one task, so results do not depend on the thread count.
+pub struct Attention {
+    pub heads: usize,
+    pub scale: f32,
+    pub mask: Option<Vec<f32>>,
+    pub saved: Mutex<Option<Vec<f32>>>,
+}
+
+impl Attention {
+    /// `(B, T, H, d)` of a packed input, or an error.
+    fn dims(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let &[b, t, h3] = dims else { candle_core::bail!("attention: input {dims:?} is not (B, T, 3·H)") };
+        if self.heads == 0 || !h3.is_multiple_of(3 * self.heads) {
+            candle_core::bail!("attention: {h3} packed features do not split into q, k, v of {} heads", self.heads)
+        }
+        Ok((b, t, h3 / 3, h3 / 3 / self.heads))
+    }
+}
+
+impl CustomOp2 for Attention {
+    fn name(&self) -> &'static str {
+        "pretext-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = slice(s1, l1, self.name())?;
+        let (b, t, h, d) = self.dims(l1.dims())?;
+        let heads = self.heads;
+        let bias = &s2.as_slice::<f32>()?[l2.start_offset()..];
+        let st = l2.stride();
+        if l2.dims() != [b, heads, t, t] || st[3] > 1 {
+            candle_core::bail!("attention: the bias does not broadcast over the scores as expected")
+        }
+        if let Some(m) = &self.mask {
+            if m.len() != b * heads * t * t {
+                candle_core::bail!("attention: a dropout mask of {} for {} scores", m.len(), b * heads * t * t)
+            }
+        }
+        let (h3, tt, scale) = (3 * h, t * t, self.scale);
+        let mut out = vec![0f32; b * t * h];
+        let mut probs = vec![0f32; b * heads * tt];
+        out.par_chunks_mut(t * h).zip(probs.par_chunks_mut(heads * tt)).enumerate().for_each(|(bi, (out, probs))| {
+            let x = &qkv[bi * t * h3..(bi + 1) * t * h3];
+            let mut dropped = vec![0f32; if self.mask.is_some() { tt } else { 0 }];
+            for (hi, p) in probs.chunks_exact_mut(tt).enumerate() {
+                // p = q kᵀ, kᵀ read through strides.
+                matmul((t, t, d), p, t, false, &x[hi * d..], (h3, 1), &x[h + hi * d..], (1, h3), false);
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (ti, row) in p.chunks_exact_mut(t).enumerate() {
+                            let bias = &bias[bi * st[0] + hi * st[1] + ti * st[2]..];
+                            if st[3] == 1 {
+                                row.iter_mut().zip(bias).for_each(|(s, b)| *s = scale * *s + b);
+                            } else {
+                                row.iter_mut().for_each(|s| *s = scale * *s + bias[0]);
+                            }
+                            softmax_row(row);
+                        }
+                    },
+                );
+                let p: &[f32] = match &self.mask {
+                    None => p,
+                    Some(mask) => {
+                        let m = &mask[(bi * heads + hi) * tt..][..tt];
+                        simd(
+                            #[inline(always)]
+                            || dropped.iter_mut().zip(&*p).zip(m).for_each(|((o, p), m)| *o = p * m),
+                        );
+                        &dropped
+                    }
+                };
+                matmul((t, d, t), &mut out[hi * d..], h, false, p, (t, 1), &x[2 * h + hi * d..], (h3, 1), false);
+            }
+        });
+        *self.saved.lock().expect("the attention probabilities") = Some(probs);
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, t, h, d) = self.dims(qkv.dims())?;
+        let probs = self.saved.lock().expect("the attention probabilities").take();
+        let probs = probs.ok_or_else(|| candle_core::Error::Msg("attention: backward ran twice".into()))?;
+        let (x_values, g_values) = (values(qkv)?, values(g)?);
+        let (qkv_all, g_all): (&[f32], &[f32]) = (&x_values, &g_values);
+        let (heads, h3, tt, scale) = (self.heads, 3 * h, t * t, self.scale);
+        let mut dqkv = vec![0f32; b * t * h3];
+        dqkv.par_chunks_mut(t * h3).zip(probs.par_chunks(heads * tt)).enumerate().for_each(|(bi, (dx, probs))| {
+            let x = &qkv_all[bi * t * h3..(bi + 1) * t * h3];
+            let g = &g_all[bi * t * h..(bi + 1) * t * h];
+            let mut dp = vec![0f32; tt];
+            let mut dropped = vec![0f32; if self.mask.is_some() { tt } else { 0 }];
+            for (hi, p) in probs.chunks_exact(tt).enumerate() {
+                let m = self.mask.as_ref().map(|mask| &mask[(bi * heads + hi) * tt..][..tt]);
+                let pm: &[f32] = match m {
+                    None => p,
+                    Some(m) => {
+                        simd(
+                            #[inline(always)]
+                            || dropped.iter_mut().zip(p).zip(m).for_each(|((o, p), m)| *o = p * m),
+                        );
+                        &dropped
+                    }
+                };
+                let (q, k, v) = (&x[hi * d..], &x[h + hi * d..], &x[2 * h + hi * d..]);
+                let g = &g[hi * d..];
+                // dv = (m ⊙ p)ᵀ g
+                matmul((t, d, t), &mut dx[2 * h + hi * d..], h3, false, pm, (1, t), g, (h, 1), false);
+                // dp = m ⊙ (g vᵀ), then ds in place
+                matmul((t, t, d), &mut dp, t, false, g, (h, 1), v, (1, h3), false);
+                simd(
+                    #[inline(always)]
+                    || {
+                        if let Some(m) = m {
+                            dp.iter_mut().zip(m).for_each(|(g, m)| *g *= m);
+                        }
+                        for (p, g) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                            softmax_grad_row(p, g);
+                            g.iter_mut().for_each(|g| *g *= scale);
+                        }
+                    },
+                );
+                // dq = ds k, dk = dsᵀ q
+                matmul((t, d, t), &mut dx[hi * d..], h3, false, &dp, (t, 1), k, (h3, 1), false);
+                matmul((t, d, t), &mut dx[h + hi * d..], h3, false, &dp, (1, t), q, (h3, 1), false);
+            }
+        });
+        Ok((Some(tensor(dqkv, qkv)?), None))
     }
 }
 
@@ -535,7 +794,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (x, mut dx) = (grad_values(arg)?, grad_values(g)?);
+        let (x, mut dx) = (values(arg)?, grad_values(g)?);
         if self.exact {
             scale_by(&mut dx, &x, gelu_exact_slope)
         } else {
@@ -586,17 +845,20 @@ impl CustomOp3 for GroupNorm {
         let eps = self.eps as f32;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(y, x)| {
-            simd(|| {
-                let group = c / self.groups * hw;
-                for (g, (y, x)) in y.chunks_exact_mut(group).zip(x.chunks_exact(group)).enumerate() {
-                    let (mean, inv) = moments(x, eps);
-                    for (k, (y, x)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
-                        let ch = g * (c / self.groups) + k;
-                        let (scale, shift) = (inv * gamma[ch], beta[ch] - mean * inv * gamma[ch]);
-                        y.iter_mut().zip(x).for_each(|(y, x)| *y = x * scale + shift);
+            simd(
+                #[inline(always)]
+                || {
+                    let group = c / self.groups * hw;
+                    for (g, (y, x)) in y.chunks_exact_mut(group).zip(x.chunks_exact(group)).enumerate() {
+                        let (mean, inv) = moments(x, eps);
+                        for (k, (y, x)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
+                            let ch = g * (c / self.groups) + k;
+                            let (scale, shift) = (inv * gamma[ch], beta[ch] - mean * inv * gamma[ch]);
+                            y.iter_mut().zip(x).for_each(|(y, x)| *y = x * scale + shift);
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -610,7 +872,7 @@ impl CustomOp3 for GroupNorm {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, c, hw) = self.dims(x.dims())?;
-        let (xs, gammas, gs) = (grad_values(x)?, grad_values(gamma)?, grad_values(g)?);
+        let (xs, gammas, gs) = (values(x)?, values(gamma)?, values(g)?);
         let (eps, per) = (self.eps as f32, c / self.groups);
         let group = per * hw;
         let mut dx = vec![0f32; xs.len()];
@@ -621,26 +883,29 @@ impl CustomOp3 for GroupNorm {
             .map(|(dx, (x, g))| {
                 let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
                 let (mut xhat, mut gw) = (vec![0f32; group], vec![0f32; group]);
-                simd(|| {
-                    for (gi, ((dx, x), g)) in
-                        dx.chunks_exact_mut(group).zip(x.chunks_exact(group)).zip(g.chunks_exact(group)).enumerate()
-                    {
-                        let (mean, inv) = moments(x, eps);
-                        for k in 0..per {
-                            let ch = gi * per + k;
-                            let span = k * hw..(k + 1) * hw;
-                            let (xh, gwk) = (&mut xhat[span.clone()], &mut gw[span.clone()]);
-                            let (xk, gk) = (&x[span.clone()], &g[span]);
-                            for (((xh, gw), x), g) in xh.iter_mut().zip(gwk.iter_mut()).zip(xk).zip(gk) {
-                                *xh = (x - mean) * inv;
-                                *gw = g * gammas[ch];
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (gi, ((dx, x), g)) in
+                            dx.chunks_exact_mut(group).zip(x.chunks_exact(group)).zip(g.chunks_exact(group)).enumerate()
+                        {
+                            let (mean, inv) = moments(x, eps);
+                            for k in 0..per {
+                                let ch = gi * per + k;
+                                let span = k * hw..(k + 1) * hw;
+                                let (xh, gwk) = (&mut xhat[span.clone()], &mut gw[span.clone()]);
+                                let (xk, gk) = (&x[span.clone()], &g[span]);
+                                for (((xh, gw), x), g) in xh.iter_mut().zip(gwk.iter_mut()).zip(xk).zip(gk) {
+                                    *xh = (x - mean) * inv;
+                                    *gw = g * gammas[ch];
+                                }
+                                dgamma[ch] += lane_sum2(gk, xh, |g, x| g * x);
+                                dbeta[ch] += lane_sum(gk, |g| g);
                             }
-                            dgamma[ch] += lane_sum2(gk, xh, |g, x| g * x);
-                            dbeta[ch] += lane_sum(gk, |g| g);
+                            normalized_grad(dx, &gw, &xhat, inv);
                         }
-                        normalized_grad(dx, &gw, &xhat, inv);
-                    }
-                });
+                    },
+                );
                 (dgamma, dbeta)
             })
             .collect();
@@ -798,7 +1063,7 @@ impl CustomOp2 for Conv3x3 {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, c) = self.shape(x.dims(), w.dims())?;
-        let (xs, ws, gs) = (grad_values(x)?, grad_values(w)?, grad_values(g)?);
+        let (xs, ws, gs) = (values(x)?, values(w)?, values(g)?);
         let (k, p, image) = (c.k(), c.pixels(), c.ci * c.h * c.w);
         let mut dx = vec![0f32; b * image];
         let partial: Vec<Vec<f32>> = dx
@@ -824,10 +1089,10 @@ impl CustomOp2 for Conv3x3 {
     }
 }
 
-/// Branch-free `exp` and `erf` for f32 (and `tanh`), so that the loops above vectorise (a call into
-/// libm per element does not). The methods are PyTorch's for its vectorised CPU kernels: exp by
+/// Branch-free `exp`, `erf` and `tanh` for f32, so that the loops above vectorise (a call into
+/// libm per element does not). exp and erf are PyTorch's for its vectorised CPU kernels: exp by
 /// Cody–Waite range reduction and Cephes' polynomial (about 1 ulp), erf by Abramowitz & Stegun
-/// 7.1.26 (absolute error 1.5e-7 in exact arithmetic, 6e-7 in f32).
+/// 7.1.26 (absolute error 1.5e-7 in exact arithmetic, 6e-7 in f32); tanh is Cephes'.
 #[allow(clippy::excessive_precision)] // the published constants, rounded by the compiler
 pub mod math {
     /// `eˣ`; exactly 0 below −87.3 (where f32's `eˣ` is subnormal or 0).
@@ -868,12 +1133,27 @@ pub mod math {
         y.copysign(x)
     }
 
-    /// The hyperbolic tangent: libm's. The branch-free `(1 − e^−2|x|) / (1 + e^−2|x|)` is 3e-7
-    /// off, which moved the decoder's weights 2.1e-4 of their scale from transformers' in six steps
-    /// of the parity test (5.1e-5 with libm's).
+    /// The hyperbolic tangent, as Cephes' `tanhf` computes it, without branches: an odd
+    /// polynomial below |x| = 0.625 (relative error about 1 ulp near 0, where GELU's inputs
+    /// mostly are), `1 − 2 / (e^2|x| + 1)` above. A form with only the second branch was 3e-7 off
+    /// in absolute terms near 0 (large in relative terms), which moved the decoder's weights
+    /// 2.1e-4 of their scale from transformers' in six steps of the parity test.
     #[inline(always)]
     pub fn tanh(x: f32) -> f32 {
-        x.tanh()
+        let a = x.abs();
+        let z = x * x;
+        let p = -5.704_988_7e-3;
+        let p = p * z + 2.063_908_9e-2;
+        let p = p * z - 5.373_971_6e-2;
+        let p = p * z + 1.333_144_2e-1;
+        let p = p * z - 3.333_328_2e-1;
+        let small = p * z * x + x;
+        let large = (1.0 - 2.0 / (exp(2.0 * a.min(44.0)) + 1.0)).copysign(x);
+        if a < 0.625 {
+            small
+        } else {
+            large
+        }
     }
 }
 
@@ -885,16 +1165,22 @@ mod tests {
     #[test]
     fn fast_math_is_as_accurate_as_stated() {
         let xs = (-300_000..=300_000).map(|i| i as f32 * 1e-4).chain([-87.0, -80.0, 80.0, 88.0]);
-        let (mut exp_rel, mut erf_abs, mut tanh_abs) = (0f64, 0f64, 0f64);
+        let (mut exp_rel, mut erf_abs, mut tanh_abs, mut tanh_rel) = (0f64, 0f64, 0f64, 0f64);
         for x in xs {
             let e = (x as f64).exp();
             exp_rel = exp_rel.max((math::exp(x) as f64 - e).abs() / e);
             erf_abs = erf_abs.max((math::erf(x) as f64 - libm::erf(x as f64)).abs());
-            tanh_abs = tanh_abs.max((math::tanh(x) as f64 - (x as f64).tanh()).abs());
+            let t = (x as f64).tanh();
+            tanh_abs = tanh_abs.max((math::tanh(x) as f64 - t).abs());
+            if t != 0.0 {
+                tanh_rel = tanh_rel.max((math::tanh(x) as f64 - t).abs() / t.abs());
+            }
         }
         assert!(exp_rel < 3e-7, "exp: relative error {exp_rel:e}");
         assert!(erf_abs < 1e-6, "erf: absolute error {erf_abs:e}");
-        assert!(tanh_abs < 3e-7, "tanh: absolute error {tanh_abs:e}");
+        assert!(tanh_abs < 2e-7, "tanh: absolute error {tanh_abs:e}");
+        assert!(tanh_rel < 5e-7, "tanh: relative error {tanh_rel:e}");
+        assert!(math::tanh(1e-30) == 1e-30 && math::tanh(-1e-6) == -1e-6);
         assert_eq!(math::exp(-90.0), 0.0);
         assert_eq!(math::exp(f32::NEG_INFINITY), 0.0);
         assert!(math::erf(0.0).abs() < 2e-7 && math::erf(-4.0) == -math::erf(4.0));

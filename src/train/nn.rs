@@ -269,13 +269,23 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         linear(x, &self.w, self.b.as_ref(), self.transposed)
     }
+
+    /// `fwd.dropout(self.forward(x))`, the dropout fused into the layer on the CPU in f32.
+    pub fn forward_dropout(&self, x: &Tensor, fwd: &Fwd) -> Result<Tensor> {
+        linear_dropout(x, &self.w, self.b.as_ref(), self.transposed, fwd)
+    }
 }
 
 /// `x Wᵀ + b` over the last dimension of `x`, with `W` stored `(out, in)`, or `x W + b` with `W`
 /// stored `(in, out)` when `transposed` (fused on the CPU in f32).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    linear_dropout(x, w, b, transposed, &Fwd::eval())
+}
+
+/// [`linear`] followed by `fwd.dropout`, in one kernel on the CPU in f32 (the same mask).
+pub fn linear_dropout(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool, fwd: &Fwd) -> Result<Tensor> {
     if !(fused(x) && w.dtype() == DType::F32) {
-        return reference::linear(x, w, b, transposed);
+        return fwd.dropout(&reference::linear(x, w, b, transposed)?);
     }
     let f = || -> candle_core::Result<Tensor> {
         let mut dims = x.dims().to_vec();
@@ -287,7 +297,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
             None => (Tensor::zeros(output, DType::F32, x.device())?, false),
         };
         *dims.last_mut().unwrap() = output;
-        rows.apply_op3(&w.contiguous()?, &b, kernels::Linear { transposed, has_bias })?.reshape(dims)
+        let mask = fwd.dropout_mask(rows.dim(0)? * output);
+        rows.apply_op3(&w.contiguous()?, &b, kernels::Linear { transposed, has_bias, mask })?.reshape(dims)
     };
     f().map_err(ce)
 }
@@ -401,6 +412,16 @@ pub mod reference {
         if exact { x.gelu_erf() } else { x.gelu() }.map_err(ce)
     }
 
+    /// Multi-head self-attention on packed projections: narrowed, split into heads, attended,
+    /// merged.
+    pub fn self_attention(qkv: &Tensor, heads: usize, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
+        let h = qkv.dim(2).map_err(ce)? / 3;
+        let part = |i: usize| qkv.narrow(2, i * h, h).map_err(ce).and_then(|t| split_heads(&t, heads));
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?;
+        merge_heads(&attention_probs(&scores, bias, scale, fwd)?.matmul(&v).map_err(ce)?)
+    }
+
     /// `dropout(softmax(scale · scores + bias))`.
     pub fn attention_probs(scores: &Tensor, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
         let scores = if scale != 1.0 { (scores * scale).map_err(ce)? } else { scores.clone() };
@@ -445,6 +466,46 @@ pub fn attention_probs(scores: &Tensor, bias: Option<&Tensor>, scale: f64, fwd: 
         scores.contiguous()?.apply_op2(&bias, op)
     };
     f().map_err(ce)
+}
+
+/// Multi-head self-attention on packed projections `qkv (B, T, 3·H)` (each position's query, key
+/// and value side by side): `(B, T, H)` with the heads merged. `bias` is added to the scores and
+/// broadcasts to `(B, heads, T, T)`. One fused kernel on the CPU in f32 where the bias is a
+/// constant (a mask); composed ops elsewhere.
+pub fn self_attention(qkv: &Tensor, heads: usize, bias: Option<&Tensor>, scale: f64, fwd: &Fwd) -> Result<Tensor> {
+    let constant = bias.is_none_or(|b| !b.track_op() && b.dtype() == DType::F32);
+    if !(fused(qkv) && constant) {
+        return reference::self_attention(qkv, heads, bias, scale, fwd);
+    }
+    let f = || -> candle_core::Result<Tensor> {
+        let (b, t, _) = qkv.dims3()?;
+        let scores = (b, heads, t, t);
+        let bias = match bias {
+            Some(bias) => bias.broadcast_as(scores)?,
+            None => Tensor::zeros(1, DType::F32, qkv.device())?.broadcast_as(scores)?,
+        };
+        let mask = fwd.dropout_mask(b * heads * t * t);
+        let op = kernels::Attention { heads, scale: scale as f32, mask, saved: Default::default() };
+        qkv.contiguous()?.apply_op2(&bias, op)
+    };
+    f().map_err(ce)
+}
+
+/// The three projections of `x` by `q`, `k` and `v` side by side, `(…, 3·out)`, as one linear
+/// layer over their stacked weights (the packed input of [`self_attention`]). The three must
+/// share a layout and all have biases or none.
+pub fn qkv(x: &Tensor, q: &Linear, k: &Linear, v: &Linear) -> Result<Tensor> {
+    if q.transposed != k.transposed || q.transposed != v.transposed {
+        return Err(Error::internal("stacked projections of different layouts"));
+    }
+    let out_dim = if q.transposed { 1 } else { 0 };
+    let w = Tensor::cat(&[&q.w, &k.w, &v.w], out_dim).map_err(ce)?;
+    let b = match (&q.b, &k.b, &v.b) {
+        (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0).map_err(ce)?),
+        (None, None, None) => None,
+        _ => return Err(Error::internal("stacked projections with and without biases")),
+    };
+    linear(x, &w, b.as_ref(), q.transposed)
 }
 
 /// `(batch, len, heads·head_dim)` → `(batch, heads, len, head_dim)`, contiguous.

@@ -140,11 +140,14 @@ impl CustomOp3 for VocabLoss {
             // d_weightᵀ (h, vocab) += rowsᵀ (h, c) · d_logits (c, vocab), GEMM's faster layout here
             matmul((h, vocab, c), &mut d_weight, vocab, start > 0, chunk_rows, (1, h), buf, (vocab, 1), true);
             if self.has_bias {
-                simd(|| {
-                    for row in buf.chunks_exact(vocab) {
-                        d_bias.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-                    }
-                });
+                simd(
+                    #[inline(always)]
+                    || {
+                        for row in buf.chunks_exact(vocab) {
+                            d_bias.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+                        }
+                    },
+                );
             }
         }
         if self.grads {
@@ -195,17 +198,20 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// `scale ×` that loss: `scale · (softmax(row) − onehot(target))`.
 fn softmax_loss(row: &mut [f32], target: usize, grads: bool, scale: f32) -> f64 {
     let picked = row[target];
-    let loss = simd(|| {
-        if grads {
-            let (max, sum) = exp_shifted(row);
-            let k = scale / sum;
-            row.iter_mut().for_each(|v| *v *= k);
-            sum.ln() + max - picked
-        } else {
-            let max = lane_max(row);
-            lane_sum(row, |v| math::exp(v - max)).ln() + max - picked
-        }
-    });
+    let loss = simd(
+        #[inline(always)]
+        || {
+            if grads {
+                let (max, sum) = exp_shifted(row);
+                let k = scale / sum;
+                row.iter_mut().for_each(|v| *v *= k);
+                sum.ln() + max - picked
+            } else {
+                let max = lane_max(row);
+                lane_sum(row, |v| math::exp(v - max)).ln() + max - picked
+            }
+        },
+    );
     if grads {
         row[target] -= scale;
     }

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::spec::BlockSizes;
-use crate::train::nn::{attention, ce, embed, gelu, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::nn::{ce, embed, gelu, self_attention, Fwd, LayerNorm, Linear, Params};
 use crate::train::vocab_loss::vocab_cross_entropy;
 
 const STD: f64 = 0.02;
@@ -65,11 +65,10 @@ impl Decoder {
         let scale = 1.0 / ((h / self.heads) as f64).sqrt();
         for b in &self.blocks {
             let qkv = b.c_attn.forward(&b.ln_1.forward(&x)?)?;
-            let part = |i: usize| qkv.narrow(2, i * h, h).map_err(ce).and_then(|t| split_heads(&t, self.heads));
-            let a = merge_heads(&attention(&part(0)?, &part(1)?, &part(2)?, Some(bias), scale, fwd)?)?;
-            x = (x + fwd.dropout(&b.c_proj.forward(&a)?)?).map_err(ce)?;
+            let a = self_attention(&qkv, self.heads, Some(bias), scale, fwd)?;
+            x = (x + b.c_proj.forward_dropout(&a, fwd)?).map_err(ce)?;
             let m = gelu(&b.c_fc.forward(&b.ln_2.forward(&x)?)?, false)?;
-            x = (x + fwd.dropout(&b.mlp_proj.forward(&m)?)?).map_err(ce)?;
+            x = (x + b.mlp_proj.forward_dropout(&m, fwd)?).map_err(ce)?;
         }
         self.ln_f.forward(&x)
     }

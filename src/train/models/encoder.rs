@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use crate::error::Result;
 use crate::spec::{BlockSizes, Pooling};
 use crate::train::batch::View;
-use crate::train::nn::{attention, ce, embed, gelu, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::nn::{ce, embed, gelu, qkv, self_attention, Fwd, LayerNorm, Linear, Params};
 use crate::train::vocab_loss::vocab_cross_entropy;
 
 const STD: f64 = 0.02;
@@ -95,14 +95,12 @@ impl Encoder {
         let mut x = fwd.dropout(&self.emb_norm.forward(&x)?)?;
         let scale = 1.0 / ((x.dim(2).map_err(ce)? / self.heads) as f64).sqrt();
         for b in &self.blocks {
-            let q = split_heads(&b.query.forward(&x)?, self.heads)?;
-            let k = split_heads(&b.key.forward(&x)?, self.heads)?;
-            let vv = split_heads(&b.value.forward(&x)?, self.heads)?;
-            let a = merge_heads(&attention(&q, &k, &vv, Some(&v.pad_bias), scale, fwd)?)?;
-            let a = fwd.dropout(&b.attn_out.forward(&a)?)?;
+            let packed = qkv(&x, &b.query, &b.key, &b.value)?;
+            let a = self_attention(&packed, self.heads, Some(&v.pad_bias), scale, fwd)?;
+            let a = b.attn_out.forward_dropout(&a, fwd)?;
             x = b.attn_norm.forward(&(x + a).map_err(ce)?)?;
             let f = gelu(&b.inter.forward(&x)?, true)?;
-            let f = fwd.dropout(&b.out.forward(&f)?)?;
+            let f = b.out.forward_dropout(&f, fwd)?;
             x = b.out_norm.forward(&(x + f).map_err(ce)?)?;
         }
         Ok(x)

@@ -9,7 +9,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::Result;
 use crate::spec::VitSpec;
-use crate::train::nn::{attention, ce, gelu, merge_heads, split_heads, Fwd, LayerNorm, Linear, Params};
+use crate::train::nn::{ce, gelu, qkv, self_attention, Fwd, LayerNorm, Linear, Params};
 
 const STD: f64 = 0.02;
 const EPS: f64 = 1e-6;
@@ -44,12 +44,7 @@ impl Block {
         let h = x.dim(2).map_err(ce)?;
         let scale = 1.0 / ((h / heads) as f64).sqrt();
         let y = self.ln_1.forward(x)?;
-        let (q, k, v) = (
-            split_heads(&self.q.forward(&y)?, heads)?,
-            split_heads(&self.k.forward(&y)?, heads)?,
-            split_heads(&self.v.forward(&y)?, heads)?,
-        );
-        let a = merge_heads(&attention(&q, &k, &v, None, scale, fwd)?)?;
+        let a = self_attention(&qkv(&y, &self.q, &self.k, &self.v)?, heads, None, scale, fwd)?;
         let x = (x + self.o.forward(&a)?).map_err(ce)?;
         let m = gelu(&self.fc.forward(&self.ln_2.forward(&x)?)?, true)?;
         (x + self.proj.forward(&m)?).map_err(ce)
