@@ -100,7 +100,8 @@ fn every_text_model_trains_in_bf16_with_f32_masters() {
         cfg.clip_grad_norm = 1.0;
         let mut trainer = Trainer::with_dtype(&plan, &cfg, &Device::Cpu, candle_core::DType::BF16).unwrap();
         let batch = trainer.inputs(&first_batch(&rt, &plan)).unwrap();
-        let losses: Vec<f64> = (0..6).map(|_| trainer.train_step(std::slice::from_ref(&batch)).unwrap().loss).collect();
+        let losses: Vec<f64> =
+            (0..6).map(|_| trainer.train_step(std::slice::from_ref(&batch)).unwrap().read().unwrap().loss).collect();
         assert!(losses.iter().all(|l| l.is_finite()), "{task}: {losses:?}");
         assert!(losses[5] < losses[0], "{task}: the loss did not fall on one batch: {losses:?}");
         for (name, var, _) in trainer.model.params.vars() {

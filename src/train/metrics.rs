@@ -125,19 +125,23 @@ pub struct Window {
 }
 
 impl Window {
-    pub(super) fn add(&mut self, loss: f64, tokens: u64, wait: Duration, wall: Duration) {
-        self.loss += loss;
+    /// A step's tokens and times; its loss follows with [`Window::add_loss`] once read back.
+    pub(super) fn add(&mut self, tokens: u64, wait: Duration, wall: Duration) {
         self.steps += 1;
         self.tokens += tokens;
         self.wait_s += wait.as_secs_f64();
         self.wall_s += wall.as_secs_f64();
     }
 
+    pub(super) fn add_loss(&mut self, loss: f64) {
+        self.loss += loss;
+    }
+
     pub(super) fn record(
         &self,
         step: u64,
         epoch: u32,
-        last: super::StepOutcome,
+        last: super::StepValues,
         tokens_seen: u64,
         eval_loss: Option<f64>,
     ) -> Record {

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::plan::{BuildOptions, Plan};
 use crate::spec::{DeviceChoice, Pipeline, TrainSpec};
 pub use run::train;
-pub use trainer::{StepOutcome, Trainer};
+pub use trainer::{read_outcomes, StepOutcome, StepValues, Trainer};
 
 /// Options that come from the command rather than the pipeline file.
 #[derive(Debug, Clone)]

@@ -51,26 +51,53 @@ impl AdamW {
         Ok(())
     }
 
-    /// One update with learning rate `lr` from gradients by parameter name.
+    /// One update with learning rate `lr` from gradients by parameter name (tests, benches; the
+    /// trainer clips: [`AdamW::update_scaled`]).
     ///
     /// On the CPU each parameter is updated in three in-place passes (both moments, then the
     /// weight) with no temporary tensors; elsewhere, and for tensors that are not contiguous, by
     /// candle's composed ops, which compute exactly the same values (see the tests).
+    #[cfg(any(test, feature = "internals"))]
     pub fn update(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
-        self.update_with(params, grads, lr, true)
+        self.update_with(params, grads, lr, None, true)
+    }
+
+    /// [`AdamW::update`] from the gradients times `scale`, an f32 scalar on their device (the
+    /// clipping factor, [`clip_grad_norm`]).
+    pub fn update_scaled(
+        &mut self,
+        params: &Params,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        scale: Option<&Tensor>,
+    ) -> Result<()> {
+        self.update_with(params, grads, lr, scale, true)
     }
 
     /// [`AdamW::update`] through candle's composed ops only: the baseline of the fused passes
     /// (benches, tests).
     #[cfg(any(test, feature = "internals"))]
     pub fn update_composed(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
-        self.update_with(params, grads, lr, false)
+        self.update_with(params, grads, lr, None, false)
     }
 
-    fn update_with(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>, lr: f64, fused: bool) -> Result<()> {
+    fn update_with(
+        &mut self,
+        params: &Params,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        scale: Option<&Tensor>,
+        fused: bool,
+    ) -> Result<()> {
         self.step += 1;
         let c = &self.cfg;
         let k = StepConstants::new(c, lr, self.step);
+        // On the CPU the factor is read where it is (no transfer) and applied inside the moment
+        // passes; exactly 1 skips it.
+        let host_scale = match scale {
+            Some(s) if s.device().is_cpu() => Some(s.to_scalar::<f32>().map_err(ce)?).filter(|&s| s != 1.0),
+            _ => None,
+        };
         for (name, var, decay) in params.vars() {
             let Some(g) = grads.get(name).filter(|_| params.trainable(name)) else { continue };
             let (m, v) = self.moments.get_mut(name).expect("a moment per parameter");
@@ -83,14 +110,19 @@ impl AdamW {
                     None => var.as_tensor().clone(),
                 };
                 if fused && [&weight, &*m, &*v, &g].iter().all(|t| t.device().is_cpu() && t.is_contiguous()) {
-                    m.inplace_op2(&g, &Moment { beta: k.beta1, squared: false })?;
-                    v.inplace_op2(&g, &Moment { beta: k.beta2, squared: true })?;
+                    let scale = host_scale.unwrap_or(1.0);
+                    m.inplace_op2(&g, &Moment { beta: k.beta1, squared: false, scale })?;
+                    v.inplace_op2(&g, &Moment { beta: k.beta2, squared: true, scale })?;
                     weight.inplace_op3(m, v, &Apply { k, decay })?;
                     if master.is_some() {
                         var.set(&weight.to_dtype(var.dtype())?)?;
                     }
                     return Ok(());
                 }
+                let g = match scale {
+                    Some(s) => g.broadcast_mul(s)?,
+                    None => g,
+                };
                 *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                 *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                 let p = weight.to_dtype(DType::F32)?;
@@ -205,10 +237,12 @@ fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> candle_core::Re
     }
 }
 
-/// `m ← β·m + (1 − β)·g` (or `g²` for the second moment), in place.
+/// `m ← β·m + (1 − β)·g` (or `g²` for the second moment), in place, with `g` the gradient times
+/// `scale` (the clipping factor; 1 leaves it as it is).
 struct Moment {
     beta: (f32, f32),
     squared: bool,
+    scale: f32,
 }
 
 impl InplaceOp2 for Moment {
@@ -223,10 +257,15 @@ impl InplaceOp2 for Moment {
             candle_core::bail!("{}: {} moments for {} gradients", self.name(), m.len(), g.len());
         }
         let (b, rest) = self.beta;
-        if self.squared {
-            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * g) * rest);
-        } else {
-            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + g * rest);
+        let s = self.scale;
+        match (self.squared, s == 1.0) {
+            (true, true) => m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * g) * rest),
+            (false, true) => m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + g * rest),
+            (true, false) => m.iter_mut().zip(g).for_each(|(m, &g)| {
+                let g = g * s;
+                *m = *m * b + (g * g) * rest
+            }),
+            (false, false) => m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * s) * rest),
         }
         Ok(())
     }
@@ -285,28 +324,43 @@ pub fn learning_rate(peak: f64, s: &ScheduleSpec, step: u64, total: u64) -> f64 
     peak * (s.min_lr_ratio + (1.0 - s.min_lr_ratio) * shape)
 }
 
-/// The global L2 norm of the gradients; when `max_norm > 0` and the norm is larger, scales them
-/// down to `max_norm` (PyTorch `clip_grad_norm_`). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
-    // Summed on the gradients' device and read once (one device→host read per step, not one per
-    // parameter).
-    let mut total: Option<Tensor> = None;
-    for g in grads.values() {
-        let s = g.to_dtype(DType::F32).and_then(|g| g.sqr()?.sum_all()).map_err(ce)?;
-        total = Some(match total {
-            None => s,
-            Some(t) => (t + s).map_err(ce)?,
-        });
-    }
-    let total = total.map(|t| t.to_scalar::<f32>()).transpose().map_err(ce)?.unwrap_or(0.0);
-    let norm = (total as f64).sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for g in grads.values_mut() {
-            *g = (&*g * scale).map_err(ce)?;
+/// Global-norm clipping computed on the gradients' device (PyTorch `clip_grad_norm_`), with
+/// nothing read back: the update multiplies the gradients by `scale`.
+pub struct Clip {
+    /// The sum of the squared gradients (f32 scalar): the norm before clipping is its root.
+    pub sum_sq: Tensor,
+    /// `min(1, max_norm / (norm + 1e-6))` (f32 scalar); `None` when clipping is off.
+    pub scale: Option<Tensor>,
+}
+
+/// The gradients' global L2 norm and, when `max_norm > 0`, the factor that scales them down to
+/// `max_norm` when it is larger. The factor is computed in f64 and rounded once to f32, as a
+/// host-side `gradient * scale` rounds it, and it is exactly 1 when the norm is within bounds.
+pub fn clip_grad_norm(grads: &BTreeMap<String, Tensor>, max_norm: f64) -> Result<Clip> {
+    let device = grads.values().next().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
+    let f = || -> candle_core::Result<Clip> {
+        let mut sum_sq: Option<Tensor> = None;
+        for g in grads.values() {
+            let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            sum_sq = Some(match sum_sq {
+                None => s,
+                Some(t) => (t + s)?,
+            });
         }
-    }
-    Ok(norm)
+        let sum_sq = match sum_sq {
+            Some(s) => s,
+            None => Tensor::new(0f32, &device)?,
+        };
+        let scale = if max_norm > 0.0 {
+            let denominator = (sum_sq.to_dtype(DType::F64)?.sqrt()? + 1e-6)?;
+            let scale = Tensor::new(max_norm, &device)?.div(&denominator)?.minimum(1.0)?;
+            Some(scale.to_dtype(DType::F32)?)
+        } else {
+            None
+        };
+        Ok(Clip { sum_sq, scale })
+    };
+    f().map_err(ce)
 }
 
 #[cfg(test)]
@@ -365,7 +419,8 @@ mod tests {
     }
 
     /// The fused in-place passes give exactly the composed ops' values: weights (decayed and not,
-    /// f32 and bf16 with an f32 master) and both moments, over several steps of random gradients.
+    /// f32 and bf16 with an f32 master) and both moments, over several steps of random gradients,
+    /// clipped at every other step.
     #[test]
     fn the_fused_update_equals_the_composed_one_bit_for_bit() {
         let device = candle_core::Device::Cpu;
@@ -389,8 +444,10 @@ mod tests {
                     })
                     .collect();
                 let lr = learning_rate(cfg.lr, &ScheduleSpec::default(), step, 6);
-                a.update_with(&fused, &grads, lr, true).unwrap();
-                b.update_with(&composed, &grads, lr, false).unwrap();
+                let clip = clip_grad_norm(&grads, if step % 2 == 1 { 1.0 } else { 0.0 }).unwrap();
+                assert_eq!(clip.scale.is_some(), step % 2 == 1);
+                a.update_with(&fused, &grads, lr, clip.scale.as_ref(), true).unwrap();
+                b.update_with(&composed, &grads, lr, clip.scale.as_ref(), false).unwrap();
             }
             let flat = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for ((name, x, _), (_, y, _)) in fused.vars().zip(composed.vars()) {
@@ -402,6 +459,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Clipping on the device gives the factor a host computes (PyTorch's
+    /// `max_norm / (norm + 1e-6)`, at most 1), and an update by the clipped gradients: the same
+    /// weights as one from gradients scaled beforehand.
+    #[test]
+    fn clipping_on_the_device_scales_the_update_as_scaling_the_gradients_does() {
+        let device = candle_core::Device::Cpu;
+        let cfg = AdamWSpec { lr: 1e-2, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        let make = || {
+            let mut p = Params::new(3, &device, DType::F32);
+            p.normal("w", &[9, 4], 0.5).unwrap();
+            p
+        };
+        let (clipped, prescaled) = (make(), make());
+        let g = Tensor::randn(0f32, 1.0, (9, 4), &device).unwrap();
+        let grads: BTreeMap<String, Tensor> = [("w".to_string(), g.clone())].into();
+        let norm = (g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sqrt();
+        let clip = clip_grad_norm(&grads, 0.5).unwrap();
+        assert_eq!((clip.sum_sq.to_scalar::<f32>().unwrap() as f64).sqrt(), norm);
+        let want = (0.5 / (norm + 1e-6)) as f32;
+        let scale = clip.scale.as_ref().unwrap();
+        assert_eq!(scale.to_scalar::<f32>().unwrap(), want);
+        let loose = clip_grad_norm(&grads, norm * 2.0).unwrap().scale.unwrap();
+        assert_eq!(loose.to_scalar::<f32>().unwrap(), 1.0, "within bounds the gradients stay as they are");
+
+        let mut a = AdamW::new(&cfg, &clipped).unwrap();
+        a.update_scaled(&clipped, &grads, 1e-2, Some(scale)).unwrap();
+        let mut b = AdamW::new(&cfg, &prescaled).unwrap();
+        let scaled: BTreeMap<String, Tensor> = [("w".to_string(), (&g * want as f64).unwrap())].into();
+        b.update(&prescaled, &scaled, 1e-2).unwrap();
+        let w = |p: &Params| p.vars().next().unwrap().1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(w(&clipped), w(&prescaled));
+        assert_ne!(w(&clipped), w(&make()), "the update moved the weights");
     }
 
     #[test]

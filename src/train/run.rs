@@ -13,8 +13,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::batch::TrainBatch;
 use super::checkpoint::{self, Cursor, State};
 use super::metrics::{Metrics, Window};
-use super::trainer::{Converter, StepOutcome, Trainer};
+use super::trainer::Converter;
 use super::{hf, select_device, TrainOptions, TrainReport};
+use super::{read_outcomes, StepOutcome, StepValues, Trainer};
 use crate::error::{Error, Result};
 use crate::ground::{durable, human, identity, stop};
 use crate::plan::Plan;
@@ -86,6 +87,8 @@ pub fn train(rt: &tokio::runtime::Runtime, plan: Arc<Plan>, opts: &TrainOptions)
         rx,
         producer,
         first_loss: None,
+        unread: Vec::new(),
+        last: None,
         last_checkpoint: None,
         wait: Duration::ZERO,
         tokens: 0,
@@ -279,6 +282,11 @@ struct Run {
     rx: tokio::sync::mpsc::Receiver<Ready>,
     producer: tokio::task::JoinHandle<()>,
     first_loss: Option<f64>,
+    /// Steps whose loss and gradient norm are still on the device: read together at the next
+    /// log, checkpoint or end ([`Run::settle`]).
+    unread: Vec<StepOutcome>,
+    /// The last step read back.
+    last: Option<StepValues>,
     last_checkpoint: Option<PathBuf>,
     /// Waited for data and tokens trained on, in this process.
     wait: Duration,
@@ -298,7 +306,7 @@ impl Run {
                 Err(e) => return Err(self.data_failed(e)?),
             };
             let out = self.trainer.train_step(&micro)?;
-            self.account(&micro, &out, wait, started.elapsed());
+            self.account(&micro, out, wait, started.elapsed());
             let step = self.trainer.step;
             let eval_due =
                 self.cfg.eval.as_ref().is_some_and(|e| step.is_multiple_of(e.every_steps) || step == self.cfg.steps);
@@ -313,7 +321,7 @@ impl Run {
             let log_due = step.is_multiple_of(self.cfg.log_every) || step == self.cfg.steps || eval_loss.is_some();
             let collapse = self.watch_collapse(&micro, eval_due, log_due)?;
             if log_due || collapse.is_some() {
-                self.log(plan, opts, out, eval_loss, collapse)?;
+                self.log(plan, opts, eval_loss, collapse)?;
             }
             self.bar.inc(1);
             if step.is_multiple_of(self.every) || step == self.cfg.steps {
@@ -396,21 +404,40 @@ impl Run {
         Ok((micro, wait))
     }
 
-    /// Adds a finished step to the state and the logging window.
-    fn account(&mut self, micro: &[TrainBatch], out: &StepOutcome, wait: Duration, elapsed: Duration) {
+    /// Adds a finished step to the state and the logging window; its loss joins them when it is
+    /// read back ([`Run::settle`]).
+    fn account(&mut self, micro: &[TrainBatch], out: StepOutcome, wait: Duration, elapsed: Duration) {
         let tokens: u64 = micro.iter().map(|b| b.tokens as u64).sum();
-        self.first_loss.get_or_insert(out.loss);
         self.wait += wait;
         self.tokens += tokens;
         let s = &mut self.state;
         s.step = self.trainer.step;
         s.lr = out.lr;
-        s.last_loss = Some(out.loss);
         s.tokens_seen += tokens;
         s.train_seconds += elapsed.as_secs_f64();
         s.data_wait_seconds += wait.as_secs_f64();
-        self.window.add(out.loss, tokens, wait, elapsed);
+        self.window.add(tokens, wait, elapsed);
         s.window = self.window;
+        self.unread.push(out);
+    }
+
+    /// Reads back the losses and gradient norms of the steps since the last read, in one
+    /// device→host transfer, and adds them to the state and the logging window. A loss or norm
+    /// that is not finite is an error naming its step (and the weights after it are not saved).
+    fn settle(&mut self) -> Result<()> {
+        if self.unread.is_empty() {
+            return Ok(());
+        }
+        let values = read_outcomes(&self.unread)?;
+        self.unread.clear();
+        for v in values {
+            self.first_loss.get_or_insert(v.loss);
+            self.state.last_loss = Some(v.loss);
+            self.window.add_loss(v.loss);
+            self.last = Some(v);
+        }
+        self.state.window = self.window;
+        Ok(())
     }
 
     /// The collapse monitor: on the eval batches when they are due, else on this step's at a
@@ -448,12 +475,13 @@ impl Run {
         &mut self,
         plan: &Plan,
         opts: &TrainOptions,
-        out: StepOutcome,
         eval_loss: Option<f64>,
         collapse: Option<super::collapse::Collapse>,
     ) -> Result<()> {
+        self.settle()?;
         let step = self.trainer.step;
-        let mut r = self.window.record(step, self.state.cursor.epoch, out, self.state.tokens_seen, eval_loss);
+        let Some(last) = self.last else { return Ok(()) };
+        let mut r = self.window.record(step, self.state.cursor.epoch, last, self.state.tokens_seen, eval_loss);
         r.embedding_std = collapse.map(|c| c.embedding_std);
         r.effective_rank = collapse.map(|c| c.effective_rank);
         if plan.sources.len() > 1 {
@@ -481,7 +509,10 @@ impl Run {
         Ok(())
     }
 
-    fn checkpoint(&self) -> Result<PathBuf> {
+    /// Saves the run after its last step, once that step's values have been read back and found
+    /// finite.
+    fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.settle()?;
         checkpoint::save(&self.run_dir, &self.trainer.model, &self.trainer.opt, &self.state, self.keep)
     }
 }

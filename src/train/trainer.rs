@@ -35,12 +35,70 @@ pub struct Trainer {
     pub step: u64,
 }
 
-/// The result of one optimizer step.
-#[derive(Debug, Clone, Copy)]
+/// The result of one optimizer step, still on the training device: a step reads nothing back,
+/// so that a GPU runs ahead of the host until the values are wanted ([`StepOutcome::read`],
+/// [`read_outcomes`]: at `log_every`, a checkpoint, the end).
+#[derive(Debug, Clone)]
 pub struct StepOutcome {
+    /// The step's number (1-based), for the errors that name it.
+    pub step: u64,
+    /// Each micro-batch's loss, a scalar.
+    losses: Vec<Tensor>,
+    /// The sum of the squared gradients before clipping, a scalar.
+    grad_sq: Tensor,
+    pub lr: f64,
+}
+
+/// A step's values, read back from the device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepValues {
+    /// The mean of the micro-batches' losses.
     pub loss: f64,
+    /// The global gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+}
+
+impl StepOutcome {
+    /// This step's values (one device→host read); see [`read_outcomes`].
+    #[cfg(any(test, feature = "internals"))]
+    pub fn read(&self) -> Result<StepValues> {
+        Ok(read_outcomes(std::slice::from_ref(self))?[0])
+    }
+}
+
+/// The values of `steps` in one device→host read, checked in step order: the first loss or
+/// gradient norm that is not finite is an error naming its step.
+pub fn read_outcomes(steps: &[StepOutcome]) -> Result<Vec<StepValues>> {
+    let scalars: Vec<Tensor> = steps
+        .iter()
+        .flat_map(|s| s.losses.iter().chain(std::iter::once(&s.grad_sq)))
+        .map(|t| t.to_dtype(DType::F32).and_then(|t| t.reshape(1)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(ce)?;
+    if scalars.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values = Tensor::cat(&scalars, 0).and_then(|t| t.to_vec1::<f32>()).map_err(ce)?;
+    let hint = "lower `train.optimizer.adamw.lr`, lengthen the warmup (`train.schedule.warmup_ratio`) or keep `clip_grad_norm` on";
+    let mut values = values.into_iter();
+    let mut out = Vec::with_capacity(steps.len());
+    for s in steps {
+        let mut loss_sum = 0.0;
+        for _ in &s.losses {
+            let value = values.next().unwrap_or(f32::NAN) as f64;
+            if !value.is_finite() {
+                return Err(Error::data_hint(format!("the training loss became {value} at step {}", s.step), hint));
+            }
+            loss_sum += value;
+        }
+        let grad_norm = (values.next().unwrap_or(f32::NAN) as f64).sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::data_hint(format!("the gradient norm became {grad_norm} at step {}", s.step), hint));
+        }
+        out.push(StepValues { loss: loss_sum / s.losses.len().max(1) as f64, grad_norm, lr: s.lr });
+    }
+    Ok(out)
 }
 
 impl Trainer {
@@ -114,23 +172,18 @@ impl Trainer {
         }
     }
 
-    /// One optimizer step over `micro` batches (gradients summed, each loss divided by their number).
+    /// One optimizer step over `micro` batches (gradients summed, each loss divided by their
+    /// number). Nothing is read back from the device: the loss and the gradient norm stay there
+    /// (see [`StepOutcome`]), and clipping scales the update there.
     pub fn train_step(&mut self, micro: &[TrainBatch]) -> Result<StepOutcome> {
         let n = micro.len().max(1) as f64;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut loss_sum = 0.0;
+        let mut losses = Vec::with_capacity(micro.len());
         for (i, b) in micro.iter().enumerate() {
             let seed = seeds::step(self.seed, self.step, i as u64);
             let fwd = Fwd::train(self.model.dropout, seed);
             let loss = self.model.loss(&b.inputs, &fwd, self.objective())?;
-            let value = loss.to_dtype(DType::F32).and_then(|l| l.to_scalar::<f32>()).map_err(ce)? as f64;
-            if !value.is_finite() {
-                return Err(Error::data_hint(
-                    format!("the training loss became {value} at step {}", self.step + 1),
-                    "lower `train.optimizer.adamw.lr`, lengthen the warmup (`train.schedule.warmup_ratio`) or keep `clip_grad_norm` on",
-                ));
-            }
-            loss_sum += value;
+            losses.push(loss.detach());
             let scaled = if n > 1.0 { (loss / n).map_err(ce)? } else { loss };
             let store = scaled.backward().map_err(ce)?;
             for (name, var, _) in self.model.params.vars() {
@@ -144,19 +197,13 @@ impl Trainer {
                 }
             }
         }
-        let grad_norm = optim::clip_grad_norm(&mut grads, self.cfg.clip_grad_norm)?;
-        if !grad_norm.is_finite() {
-            return Err(Error::data_hint(
-                format!("the gradient norm became {grad_norm} at step {}", self.step + 1),
-                "lower `train.optimizer.adamw.lr`, lengthen the warmup (`train.schedule.warmup_ratio`) or keep `clip_grad_norm` on",
-            ));
-        }
+        let clip = optim::clip_grad_norm(&grads, self.cfg.clip_grad_norm)?;
         let OptimizerSpec::Adamw(a) = &self.cfg.optimizer;
         let lr = optim::learning_rate(a.lr, &self.cfg.schedule, self.step, self.cfg.steps);
-        self.opt.update(&self.model.params, &grads, lr)?;
+        self.opt.update_scaled(&self.model.params, &grads, lr, clip.scale.as_ref())?;
         self.step += 1;
         self.model.after_step(self.cfg.byol.as_ref(), self.step, self.cfg.steps)?;
-        Ok(StepOutcome { loss: loss_sum / n, grad_norm, lr })
+        Ok(StepOutcome { step: self.step, losses, grad_sq: clip.sum_sq, lr })
     }
 
     /// Collapse statistics of the embeddings of `batches` (at most 512 rows); `None` for tasks
@@ -178,20 +225,25 @@ impl Trainer {
         Ok((rows > 0).then(|| collapse::measure(&values, rows, dim)))
     }
 
-    /// Mean loss over `batches` without dropout, weighted by their loss positions.
+    /// Mean loss over `batches` without dropout, weighted by their loss positions; their losses
+    /// are read back from the device together, once.
     pub fn eval_loss(&self, batches: &[TrainBatch]) -> Result<Option<f64>> {
         let fwd = Fwd::eval();
-        let (mut sum, mut count) = (0.0, 0usize);
+        let (mut losses, mut weights) = (Vec::new(), Vec::new());
         for b in batches {
             if b.loss_tokens == 0 {
                 continue;
             }
             let loss = self.model.loss(&b.inputs, &fwd, self.objective())?;
-            let loss = loss.to_dtype(DType::F32).and_then(|l| l.to_scalar::<f32>()).map_err(ce)? as f64;
-            sum += loss * b.loss_tokens as f64;
-            count += b.loss_tokens;
+            losses.push(loss.to_dtype(DType::F32).and_then(|l| l.reshape(1)).map_err(ce)?);
+            weights.push(b.loss_tokens);
         }
-        Ok((count > 0).then(|| sum / count as f64))
+        if losses.is_empty() {
+            return Ok(None);
+        }
+        let losses = Tensor::cat(&losses, 0).and_then(|l| l.to_vec1::<f32>()).map_err(ce)?;
+        let sum: f64 = losses.iter().zip(&weights).map(|(&l, &w)| l as f64 * w as f64).sum();
+        Ok(Some(sum / weights.iter().sum::<usize>() as f64))
     }
 }
 
@@ -228,5 +280,32 @@ impl Converter {
             }
         }
         to_inputs(self.kind, batch, self.pad_id, self.vocab, &self.device, self.dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(step: u64, losses: &[f32], grad_sq: f32) -> StepOutcome {
+        let scalar = |v: f32| Tensor::new(v, &Device::Cpu).unwrap();
+        StepOutcome { step, losses: losses.iter().map(|&l| scalar(l)).collect(), grad_sq: scalar(grad_sq), lr: 0.5 }
+    }
+
+    #[test]
+    fn steps_are_read_back_together_and_the_first_bad_value_names_its_step() {
+        let read = read_outcomes(&[outcome(1, &[2.0], 9.0), outcome(2, &[1.0, 2.0], 16.0)]).unwrap();
+        assert_eq!(
+            read,
+            [StepValues { loss: 2.0, grad_norm: 3.0, lr: 0.5 }, StepValues { loss: 1.5, grad_norm: 4.0, lr: 0.5 }]
+        );
+        assert!(read_outcomes(&[]).unwrap().is_empty());
+        let e =
+            read_outcomes(&[outcome(4, &[1.0], 1.0), outcome(5, &[1.0, f32::NAN], 1.0), outcome(6, &[f32::NAN], 1.0)])
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("the training loss became NaN at step 5"), "{e}");
+        let e = read_outcomes(&[outcome(7, &[1.0], f32::INFINITY)]).unwrap_err().to_string();
+        assert!(e.contains("the gradient norm became inf at step 7"), "{e}");
     }
 }
