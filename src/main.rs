@@ -16,8 +16,8 @@ fn tune_allocator() {}
 /// Candle runs its element-wise maps of 64K values or more on a thread pool of its own, beside
 /// rayon's, whose workers spin 25,000 times before they park: on the cores that rayon's GEMMs and
 /// the trainer's kernels need. Without a worker (`CANDLE_NUM_THREADS=1`) those maps run on the
-/// calling thread: the SimCLR CNN trains 1.26× and the quickstart 1.12× faster on 2 cores, with
-/// the same losses (benches/RESULTS.md). A value the user set is kept.
+/// calling thread. On 2 cores that made training 1.12-1.26× faster on one machine type and
+/// 4.5-8.7× on another, with the same losses (benches/RESULTS.md). A value the user set is kept.
 fn tune_candle() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: called first in `main`, before any other thread exists to read the environment.

@@ -93,10 +93,10 @@ impl AdamW {
         let c = &self.cfg;
         let k = StepConstants::new(c, lr, self.step);
         // On the CPU the factor is read where it is (no transfer) and applied inside the moment
-        // passes; exactly 1 skips it.
+        // passes.
         let host_scale = match scale {
-            Some(s) if s.device().is_cpu() => Some(s.to_scalar::<f32>().map_err(ce)?).filter(|&s| s != 1.0),
-            _ => None,
+            Some(s) if s.device().is_cpu() => s.to_scalar::<f32>().map_err(ce)?,
+            _ => 1.0,
         };
         for (name, var, decay) in params.vars() {
             let Some(g) = grads.get(name).filter(|_| params.trainable(name)) else { continue };
@@ -110,7 +110,7 @@ impl AdamW {
                     None => var.as_tensor().clone(),
                 };
                 if fused && [&weight, &*m, &*v, &g].iter().all(|t| t.device().is_cpu() && t.is_contiguous()) {
-                    let scale = host_scale.unwrap_or(1.0);
+                    let scale = host_scale;
                     m.inplace_op2(&g, &Moment { beta: k.beta1, squared: false, scale })?;
                     v.inplace_op2(&g, &Moment { beta: k.beta2, squared: true, scale })?;
                     weight.inplace_op3(m, v, &Apply { k, decay })?;
@@ -238,7 +238,7 @@ fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> candle_core::Re
 }
 
 /// `m ← β·m + (1 − β)·g` (or `g²` for the second moment), in place, with `g` the gradient times
-/// `scale` (the clipping factor; 1 leaves it as it is).
+/// `scale` (the clipping factor; `g · 1` is `g` exactly, so 1 leaves it as it is).
 struct Moment {
     beta: (f32, f32),
     squared: bool,
@@ -258,14 +258,10 @@ impl InplaceOp2 for Moment {
         }
         let (b, rest) = self.beta;
         let s = self.scale;
-        match (self.squared, s == 1.0) {
-            (true, true) => m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * g) * rest),
-            (false, true) => m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + g * rest),
-            (true, false) => m.iter_mut().zip(g).for_each(|(m, &g)| {
-                let g = g * s;
-                *m = *m * b + (g * g) * rest
-            }),
-            (false, false) => m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * s) * rest),
+        if self.squared {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + ((g * s) * (g * s)) * rest);
+        } else {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m * b + (g * s) * rest);
         }
         Ok(())
     }

@@ -70,16 +70,7 @@ impl StepOutcome {
 /// The values of `steps` in one device→host read, checked in step order: the first loss or
 /// gradient norm that is not finite is an error naming its step.
 pub fn read_outcomes(steps: &[StepOutcome]) -> Result<Vec<StepValues>> {
-    let scalars: Vec<Tensor> = steps
-        .iter()
-        .flat_map(|s| s.losses.iter().chain(std::iter::once(&s.grad_sq)))
-        .map(|t| t.to_dtype(DType::F32).and_then(|t| t.reshape(1)))
-        .collect::<candle_core::Result<_>>()
-        .map_err(ce)?;
-    if scalars.is_empty() {
-        return Ok(Vec::new());
-    }
-    let values = Tensor::cat(&scalars, 0).and_then(|t| t.to_vec1::<f32>()).map_err(ce)?;
+    let values = read_scalars(steps.iter().flat_map(|s| s.losses.iter().chain(std::iter::once(&s.grad_sq))))?;
     let hint = "lower `train.optimizer.adamw.lr`, lengthen the warmup (`train.schedule.warmup_ratio`) or keep `clip_grad_norm` on";
     let mut values = values.into_iter();
     let mut out = Vec::with_capacity(steps.len());
@@ -99,6 +90,19 @@ pub fn read_outcomes(steps: &[StepOutcome]) -> Result<Vec<StepValues>> {
         out.push(StepValues { loss: loss_sum / s.losses.len().max(1) as f64, grad_norm, lr: s.lr });
     }
     Ok(out)
+}
+
+/// Scalar tensors of one device as f32 values, in one device→host read.
+fn read_scalars<'a>(scalars: impl IntoIterator<Item = &'a Tensor>) -> Result<Vec<f32>> {
+    let scalars: Vec<Tensor> = scalars
+        .into_iter()
+        .map(|t| t.to_dtype(DType::F32).and_then(|t| t.reshape(1)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(ce)?;
+    if scalars.is_empty() {
+        return Ok(Vec::new());
+    }
+    Tensor::cat(&scalars, 0).and_then(|t| t.to_vec1::<f32>()).map_err(ce)
 }
 
 impl Trainer {
@@ -235,13 +239,13 @@ impl Trainer {
                 continue;
             }
             let loss = self.model.loss(&b.inputs, &fwd, self.objective())?;
-            losses.push(loss.to_dtype(DType::F32).and_then(|l| l.reshape(1)).map_err(ce)?);
+            losses.push(loss);
             weights.push(b.loss_tokens);
         }
         if losses.is_empty() {
             return Ok(None);
         }
-        let losses = Tensor::cat(&losses, 0).and_then(|l| l.to_vec1::<f32>()).map_err(ce)?;
+        let losses = read_scalars(&losses)?;
         let sum: f64 = losses.iter().zip(&weights).map(|(&l, &w)| l as f64 * w as f64).sum();
         Ok(Some(sum / weights.iter().sum::<usize>() as f64))
     }
