@@ -10,14 +10,16 @@
 # No Rust. Build the binary elsewhere with `source scripts/cuda-env.sh` and
 # `cargo build --release --features cuda`.
 #
-# Four runs on cuda:0:
+# Six runs on cuda:0:
 #   1. quickstart:   the built-in BERT MLM pipeline as it is (2 layers, hidden 128);
 #   2. encoder:      the same corpus through an encoder of 6 layers, hidden 512, seq_len 128 (the
 #                    size whose data wait should stay under 1%), for STEPS steps (default 300);
 #   3. encoder-4x256: the CPU benchmarks' encoder shape (4 layers, hidden 256, 4 heads, seq_len
 #                    128, batch 32, MLM), STEPS steps;
 #   4. decoder-4x256: the CPU benchmarks' GPT-2-style decoder shape (pipelines/causal_best_fit.yaml,
-#                    4 layers, hidden 256, 4 heads, seq_len 128, batch 32), STEPS steps.
+#                    4 layers, hidden 256, 4 heads, seq_len 128, batch 32), STEPS steps;
+#   5. repeat-a, repeat-b: the quickstart twice for 40 steps, whose losses must agree (dropout
+#                    masks are drawn on the GPU from a per-forward seed).
 # For each: device, step time, tokens/s, data-wait share, peak GPU memory (nvidia-smi, sampled
 # every 100 ms) and the loss at the end. Exits non-zero when a run failed or did not train on the
 # GPU.
@@ -104,4 +106,22 @@ run decoder-4x256 pipelines/causal_best_fit.yaml \
   --set task.causal.seq_len=128 \
   --set "train.steps=$steps" --set train.batch_size=32 --set train.log_every=10 \
   --set "train.checkpoint.every_steps=$steps" --set train.eval=null
+
+# Dropout on the GPU draws its masks there, from a generator seeded per forward: two runs of the
+# same pipeline must print the same losses. Float reductions on a GPU may differ in the last
+# digits; a different mask moves the loss by far more than 1e-4.
+for name in repeat-a repeat-b; do
+  run "$name" pipelines/quickstart.yaml --set train.steps=40 --set train.log_every=5 \
+    --set train.checkpoint.every_steps=40 --set train.eval=null
+done
+echo "== repeat"
+python3 - "$work/repeat-a/metrics.jsonl" "$work/repeat-b/metrics.jsonl" << 'PY' || status=1
+import json, sys
+a, b = ([json.loads(line)["loss"] for line in open(p)] for p in sys.argv[1:])
+worst = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)) if a and len(a) == len(b) else float("inf")
+print(f"same pipeline twice: {len(a)} logged losses, largest relative difference {worst:.2e}")
+if worst > 1e-4:
+    print("FAIL: the runs differ (dropout masks not reproduced?)")
+    sys.exit(1)
+PY
 exit $status

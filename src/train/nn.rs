@@ -3,8 +3,9 @@
 //! dropout.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{LazyLock, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -13,6 +14,39 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::{Error, Result};
 use crate::train::kernels;
+
+/// A tensor that depends only on a shape and a device (an index table, a mask): built on the host
+/// and uploaded the first time a forward asks for it on that device, then shared by every later
+/// forward, so a step uploads nothing but its batch. Keyed by `name` and `dims`; at most
+/// [`SHAPE_CONSTANTS`] are kept and the cache starts over when full (batches of many lengths
+/// could otherwise grow it without bound).
+pub fn shape_constant(
+    name: &'static str,
+    dims: &[usize],
+    device: &Device,
+    build: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    type Cache = HashMap<(&'static str, Vec<usize>), Vec<(Device, Tensor)>>;
+    static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
+    let key = (name, dims.to_vec());
+    {
+        let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let found = cache.get(&key).and_then(|on| on.iter().find(|(d, _)| d.same_device(device)));
+        if let Some((_, t)) = found {
+            return Ok(t.clone());
+        }
+    }
+    let t = build()?;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.values().map(Vec::len).sum::<usize>() >= SHAPE_CONSTANTS {
+        cache.clear();
+    }
+    cache.entry(key).or_default().push((device.clone(), t.clone()));
+    Ok(t)
+}
+
+/// How many [`shape_constant`]s are kept.
+pub const SHAPE_CONSTANTS: usize = 64;
 
 /// Converts a candle error into ours.
 pub fn ce(e: candle_core::Error) -> Error {
@@ -194,27 +228,62 @@ pub fn check_same_keys<'a>(
 
 /// Per-forward settings: training mode and the dropout stream. Dropout masks are drawn from an
 /// RNG seeded by (seed, step, call number), so a resumed run draws the same masks.
+///
+/// On the CPU each call's mask comes from its own host RNG ([`Fwd::dropout_mask`], shared with
+/// the fused kernels). On another device the mask is drawn there: the device's generator is
+/// seeded once per forward from the same seed, then each call draws the next values in order, so
+/// a forward's masks depend only on (seed, step, micro-batch) there too, and no mask crosses the
+/// bus.
 pub struct Fwd {
     pub train: bool,
     pub dropout: f64,
     seed: u64,
     calls: Cell<u64>,
+    /// Whether this forward has seeded the device's generator.
+    device_seeded: Cell<bool>,
 }
 
 impl Fwd {
     pub fn train(dropout: f64, seed: u64) -> Self {
-        Fwd { train: true, dropout, seed, calls: Cell::new(0) }
+        Fwd { train: true, dropout, seed, calls: Cell::new(0), device_seeded: Cell::new(false) }
     }
 
     pub fn eval() -> Self {
-        Fwd { train: false, dropout: 0.0, seed: 0, calls: Cell::new(0) }
+        Fwd { train: false, dropout: 0.0, seed: 0, calls: Cell::new(0), device_seeded: Cell::new(false) }
     }
 
     /// Inverted dropout: zeroes a share `p` of the values and scales the rest by 1/(1-p).
     pub fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            return match self.device_mask(x)? {
+                Some(mask) => x.mul(&mask).map_err(ce),
+                None => Ok(x.clone()),
+            };
+        }
         let Some(mask) = self.dropout_mask(x.elem_count()) else { return Ok(x.clone()) };
         let mask = Tensor::from_vec(mask, x.shape(), x.device()).and_then(|m| m.to_dtype(x.dtype())).map_err(ce)?;
         x.mul(&mask).map_err(ce)
+    }
+
+    /// The next dropout call's factors for `x`, drawn on `x`'s device (0, or 1/(1-p) for a
+    /// value kept, in `x`'s type); `None` when there is no dropout. The first call of a forward
+    /// seeds the device's generator; the CPU's cannot be seeded, so there the values come from
+    /// candle's unseeded host generator (the CPU path uses [`Fwd::dropout_mask`] instead).
+    fn device_mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if !self.train || self.dropout <= 0.0 {
+            return Ok(None);
+        }
+        self.calls.set(self.calls.get() + 1);
+        let device = x.device();
+        if !device.is_cpu() && !self.device_seeded.replace(true) {
+            device.set_seed(crate::ground::seeds::dropout(self.seed, u64::MAX)).map_err(ce)?;
+        }
+        let keep = 1.0 - self.dropout;
+        let f = || -> candle_core::Result<Tensor> {
+            let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
+            uniform.lt(keep)?.to_dtype(x.dtype())? * (1.0 / keep)
+        };
+        f().map(Some).map_err(ce)
     }
 
     /// The next dropout call's factors for `n` values (0, or 1/(1-p) for a value kept); `None`
@@ -523,3 +592,46 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// The additive score value for a masked position: large and negative but finite, so a fully
 /// masked row (padding) gives a uniform distribution instead of NaN.
 pub const MASKED: f32 = -1.0e9;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The draw other devices use, run on the CPU (whose generator cannot be seeded, so only
+    /// the mask's values and share are checked here; `scripts/gpu-smoke.sh` checks that two runs
+    /// on a GPU print the same losses).
+    #[test]
+    fn device_masks_keep_the_share_and_scale() {
+        let x = Tensor::ones((64, 1000), DType::F32, &Device::Cpu).unwrap();
+        let fwd = Fwd::train(0.25, 3);
+        let mask = fwd.device_mask(&x).unwrap().expect("dropout is on");
+        assert_eq!((mask.dims(), mask.dtype()), (x.dims(), DType::F32));
+        let values = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = (1.0 / 0.75) as f32;
+        assert!(values.iter().all(|&v| v == 0.0 || v == scale), "every factor is 0 or 1/(1-p)");
+        let kept = values.iter().filter(|&&v| v != 0.0).count() as f64 / values.len() as f64;
+        assert!((kept - 0.75).abs() < 0.01, "kept {kept}, want 0.75");
+        assert_eq!(fwd.calls.get(), 1, "a device draw counts as a call, as a host one does");
+        let half = x.to_dtype(DType::BF16).unwrap();
+        assert_eq!(fwd.device_mask(&half).unwrap().unwrap().dtype(), DType::BF16);
+        assert!(Fwd::eval().device_mask(&x).unwrap().is_none());
+        assert!(Fwd::train(0.0, 3).device_mask(&x).unwrap().is_none());
+    }
+
+    #[test]
+    fn shape_constants_are_built_once_per_shape() {
+        let built = Cell::new(0);
+        let get = |n: usize| {
+            shape_constant("test.arange", &[n], &Device::Cpu, || {
+                built.set(built.get() + 1);
+                Tensor::arange(0u32, n as u32, &Device::Cpu)
+            })
+            .unwrap()
+        };
+        assert_eq!(get(5).to_vec1::<u32>().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(get(5).dims(), &[5]);
+        assert_eq!(get(3).to_vec1::<u32>().unwrap(), vec![0, 1, 2]);
+        // Other tests share the cache and may have cleared it in between; at most one rebuild.
+        assert!((2..=3).contains(&built.get()), "built {} times", built.get());
+    }
+}

@@ -349,7 +349,7 @@ pub fn clip_grad_norm(grads: &BTreeMap<String, Tensor>, max_norm: f64) -> Result
         };
         let scale = if max_norm > 0.0 {
             let denominator = (sum_sq.to_dtype(DType::F64)?.sqrt()? + 1e-6)?;
-            let scale = Tensor::new(max_norm, &device)?.div(&denominator)?.minimum(1.0)?;
+            let scale = (denominator.recip()? * max_norm)?.minimum(1.0)?;
             Some(scale.to_dtype(DType::F32)?)
         } else {
             None

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 use crate::train::batch::{Inputs, TaskKind};
-use crate::train::nn::{ce, Fwd, Params};
+use crate::train::nn::{ce, shape_constant, Fwd, Params};
 
 pub use cnn::Cnn;
 pub use decoder::Decoder;
@@ -314,13 +314,17 @@ pub fn nt_xent(a: &Tensor, b: &Tensor, temperature: f64) -> Result<Tensor> {
         let z = z.broadcast_div(&norm)?;
         let sim = (z.matmul(&z.t()?)? / temperature)?;
         // A row never picks itself.
-        let mut diag = vec![0f32; n2 * n2];
-        for i in 0..n2 {
-            diag[i * n2 + i] = crate::train::nn::MASKED;
-        }
-        let sim = (sim + Tensor::from_vec(diag, (n2, n2), z.device())?)?;
-        let targets: Vec<u32> = (0..n2).map(|i| ((i + n) % n2) as u32).collect();
-        let targets = Tensor::from_vec(targets, n2, z.device())?;
+        let diag = shape_constant("nt_xent.diagonal", &[n2], z.device(), || {
+            let mut diag = vec![0f32; n2 * n2];
+            for i in 0..n2 {
+                diag[i * n2 + i] = crate::train::nn::MASKED;
+            }
+            Tensor::from_vec(diag, (n2, n2), z.device())
+        })?;
+        let sim = (sim + diag)?;
+        let targets = shape_constant("nt_xent.targets", &[n2], z.device(), || {
+            Tensor::from_vec((0..n2).map(|i| ((i + n) % n2) as u32).collect::<Vec<_>>(), n2, z.device())
+        })?;
         candle_nn::loss::cross_entropy(&sim, &targets)
     };
     f().map_err(ce)
@@ -338,7 +342,8 @@ pub fn info_nce(a: &Tensor, b: &Tensor, temperature: f64) -> Result<Tensor> {
         };
         let sim = (norm(&a)?.matmul(&norm(&b)?.t()?)? / temperature)?;
         let n = sim.dim(0)?;
-        let targets = Tensor::arange(0u32, n as u32, sim.device())?;
+        let targets =
+            shape_constant("info_nce.targets", &[n], sim.device(), || Tensor::arange(0u32, n as u32, sim.device()))?;
         candle_nn::loss::cross_entropy(&sim, &targets)
     };
     f().map_err(ce)

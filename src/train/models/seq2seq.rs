@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::spec::BlockSizes;
-use crate::train::nn::{attention, ce, embed, merge_heads, split_heads, Fwd, Linear, Params, RmsNorm};
+use crate::train::nn::{attention, ce, embed, merge_heads, shape_constant, split_heads, Fwd, Linear, Params, RmsNorm};
 use crate::train::vocab_loss::vocab_cross_entropy;
 
 const BUCKETS: usize = 32;
@@ -139,9 +139,13 @@ impl Seq2seq {
 
     /// `(1, heads, q, k)` position bias from a stack's bucket embedding.
     fn position_bias(&self, table: &Tensor, q: usize, k: usize, bidirectional: bool) -> Result<Tensor> {
-        let buckets: Vec<u32> =
-            (0..q).flat_map(|i| (0..k).map(move |j| relative_bucket(j as i64 - i as i64, bidirectional))).collect();
-        let ids = Tensor::from_vec(buckets, (q, k), table.device()).map_err(ce)?;
+        let name = if bidirectional { "t5.buckets.bidirectional" } else { "t5.buckets.causal" };
+        let ids = shape_constant(name, &[q, k], table.device(), || {
+            let buckets: Vec<u32> =
+                (0..q).flat_map(|i| (0..k).map(move |j| relative_bucket(j as i64 - i as i64, bidirectional))).collect();
+            Tensor::from_vec(buckets, (q, k), table.device())
+        })
+        .map_err(ce)?;
         embed(table, &ids)?.permute((2, 0, 1)).and_then(|b| b.unsqueeze(0)).map_err(ce)
     }
 
