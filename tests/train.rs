@@ -400,7 +400,7 @@ fn train_settings_are_checked() {
 
 #[test]
 fn fused_kernels_match_the_composed_ops_forward_and_backward() {
-    use pretext::train::models::cnn::{group_norm, reference_group_norm};
+    use pretext::train::models::cnn::{add_relu, group_norm, group_norm_relu, reference_group_norm};
     use pretext::train::nn::{attention_probs, conv3x3, gelu, linear, linear_dropout, reference, self_attention};
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 2.0, (3, 5, 17), &dev).unwrap();
@@ -424,6 +424,8 @@ fn fused_kernels_match_the_composed_ops_forward_and_backward() {
     let bias6 = Tensor::randn(0f32, 0.5, 6, &dev).unwrap();
     let maps = Tensor::randn(0.5f32, 2.0, (2, 6, 3, 5), &dev).unwrap();
     let (gamma, beta) = (Tensor::randn(1f32, 0.3, 6, &dev).unwrap(), Tensor::randn(0f32, 0.3, 6, &dev).unwrap());
+    // About half of `maps + residual` is negative, so the ReLUs cut both ways.
+    let residual = Tensor::randn(-0.5f32, 2.0, (2, 6, 3, 5), &dev).unwrap();
     type Op<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
     let conv = |stride: usize, fused: bool| {
         move |v: &[Tensor]| {
@@ -537,6 +539,18 @@ fn fused_kernels_match_the_composed_ops_forward_and_backward() {
             vec![&maps, &gamma, &beta],
             Box::new(|v| group_norm(&v[0], &v[1], &v[2], 3).unwrap()),
             Box::new(|v| reference_group_norm(&v[0], &v[1], &v[2], 3).unwrap()),
+        ),
+        (
+            "group norm, relu",
+            vec![&maps, &gamma, &beta],
+            Box::new(|v| group_norm_relu(&v[0], &v[1], &v[2], 3).unwrap()),
+            Box::new(|v| reference_group_norm(&v[0], &v[1], &v[2], 3).unwrap().relu().unwrap()),
+        ),
+        (
+            "add, relu",
+            vec![&maps, &residual],
+            Box::new(|v| add_relu(&v[0], &v[1]).unwrap()),
+            Box::new(|v| (&v[0] + &v[1]).unwrap().relu().unwrap()),
         ),
         ("conv, stride 1", vec![&images, &kernel], Box::new(conv(1, true)), Box::new(conv(1, false))),
         ("conv, stride 2", vec![&images, &kernel], Box::new(conv(2, true)), Box::new(conv(2, false))),

@@ -805,11 +805,15 @@ impl CustomOp1 for Gelu {
 }
 
 /// Group normalisation of `(B, C, H, W)` over `groups` channel groups, with a scale and a shift
-/// per channel. Backward as [`LayerNorm`]'s over each group, with `ĝ = g · γ_c`, and
-/// `dγ_c = Σ g ⊙ x̂`, `dβ_c = Σ g` over the images and pixels of channel `c`.
+/// per channel, and with `relu` a ReLU after it in the same pass. Backward as [`LayerNorm`]'s over
+/// each group, with `ĝ = g · γ_c`, and `dγ_c = Σ g ⊙ x̂`, `dβ_c = Σ g` over the images and pixels
+/// of channel `c`; with `relu`, `g` is first zeroed where the normalised value was negative
+/// (recomputed by the forward's expression, so the mask is the forward's to the bit; a value of
+/// exactly 0 passes its gradient, as candle's `relu` does).
 pub struct GroupNorm {
     pub groups: usize,
     pub eps: f64,
+    pub relu: bool,
 }
 
 impl GroupNorm {
@@ -854,7 +858,11 @@ impl CustomOp3 for GroupNorm {
                         for (k, (y, x)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
                             let ch = g * (c / self.groups) + k;
                             let (scale, shift) = (inv * gamma[ch], beta[ch] - mean * inv * gamma[ch]);
-                            y.iter_mut().zip(x).for_each(|(y, x)| *y = x * scale + shift);
+                            if self.relu {
+                                y.iter_mut().zip(x).for_each(|(y, x)| *y = (x * scale + shift).max(0.0));
+                            } else {
+                                y.iter_mut().zip(x).for_each(|(y, x)| *y = x * scale + shift);
+                            }
                         }
                     }
                 },
@@ -872,9 +880,10 @@ impl CustomOp3 for GroupNorm {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, c, hw) = self.dims(x.dims())?;
-        let (xs, gammas, gs) = (values(x)?, values(gamma)?, values(g)?);
+        let (xs, gammas, betas, gs) = (values(x)?, values(gamma)?, values(beta)?, values(g)?);
         let (eps, per) = (self.eps as f32, c / self.groups);
         let group = per * hw;
+        let relu = self.relu;
         let mut dx = vec![0f32; xs.len()];
         // Per image: its share of dγ and dβ, summed below in image order.
         let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -883,6 +892,7 @@ impl CustomOp3 for GroupNorm {
             .map(|(dx, (x, g))| {
                 let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
                 let (mut xhat, mut gw) = (vec![0f32; group], vec![0f32; group]);
+                let mut passed = if relu { vec![0f32; group] } else { Vec::new() };
                 simd(
                     #[inline(always)]
                     || {
@@ -894,7 +904,17 @@ impl CustomOp3 for GroupNorm {
                                 let ch = gi * per + k;
                                 let span = k * hw..(k + 1) * hw;
                                 let (xh, gwk) = (&mut xhat[span.clone()], &mut gw[span.clone()]);
-                                let (xk, gk) = (&x[span.clone()], &g[span]);
+                                let xk = &x[span.clone()];
+                                let gk = if relu {
+                                    let (scale, shift) = (inv * gammas[ch], betas[ch] - mean * inv * gammas[ch]);
+                                    let out = &mut passed[span.clone()];
+                                    for ((o, x), g) in out.iter_mut().zip(xk).zip(&g[span]) {
+                                        *o = if x * scale + shift >= 0.0 { *g } else { 0.0 };
+                                    }
+                                    &*out
+                                } else {
+                                    &g[span]
+                                };
                                 for (((xh, gw), x), g) in xh.iter_mut().zip(gwk.iter_mut()).zip(xk).zip(gk) {
                                     *xh = (x - mean) * inv;
                                     *gw = g * gammas[ch];
@@ -915,12 +935,70 @@ impl CustomOp3 for GroupNorm {
     }
 }
 
+/// `relu(a + b)` for two tensors of one shape (a residual connection and its activation) in one
+/// pass; backward passes `g` to both where `a + b ≥ 0` (candle's `relu` convention).
+pub struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "pretext-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add-relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+        }
+        let mut out = a.to_vec();
+        blocks2(
+            &mut out,
+            b,
+            #[inline(always)]
+            |o, b| o.iter_mut().zip(b).for_each(|(o, b)| *o = (*o + b).max(0.0)),
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (a_values, b_values) = (values(a)?, values(b)?);
+        let mut sum = a_values.to_vec();
+        blocks2(
+            &mut sum,
+            &b_values,
+            #[inline(always)]
+            |s, b| s.iter_mut().zip(b).for_each(|(s, b)| *s += b),
+        );
+        let mut dx = grad_values(g)?;
+        blocks2(
+            &mut dx,
+            &sum,
+            #[inline(always)]
+            |g, s| g.iter_mut().zip(s).for_each(|(g, s)| *g = if *s >= 0.0 { *g } else { 0.0 }),
+        );
+        let dx = tensor(dx, a)?;
+        Ok((Some(dx.clone()), Some(dx)))
+    }
+}
+
 /// Images per block of the convolution's weight gradient (a partial sum per block).
 const IMAGE_BLOCK: usize = 8;
 
 /// A 3×3 convolution with padding 1 and no bias, `(B, Cᵢ, H, W) * (Cₒ, Cᵢ, 3, 3)`, as im2col and
 /// one GEMM per image, the images in parallel. Backward: `dW = Σ_b dY_b · colsᵀ_b` (summed per
-/// block of images, the blocks in order) and `dX_b = col2im(Wᵀ · dY_b)`. candle's own conv2d
+/// block of images, the blocks in order) and `dX_b = col2im(Wᵀ · dY_b)`. (One GEMM per block of
+/// 8 images, their patch matrices side by side, was 1.36x slower at the SimCLR CNN's shapes.) candle's own conv2d
 /// has the same forward, but its backward runs a direct transposed convolution that was 10× slower
 /// than PyTorch at the SimCLR CNN's shapes.
 pub struct Conv3x3 {
@@ -949,69 +1027,78 @@ impl ConvShape {
         self.ho * self.wo
     }
 
-    /// The output columns `lo..hi` whose input column `ox·stride + kx − 1` is inside the image,
-    /// and the input column of `lo`.
-    #[inline(always)]
-    fn columns(&self, kx: usize) -> (usize, usize, usize) {
-        let s = self.stride;
-        let lo = if kx == 0 { 1 } else { 0 }.min(self.wo);
-        let hi = if self.w + 1 > kx { ((self.w + 1 - kx - 1) / s + 1).min(self.wo) } else { 0 };
-        let hi = hi.max(lo);
-        (lo, hi, (lo * s + kx).saturating_sub(1))
+    /// Values in an image's zero-bordered planes.
+    fn padded(&self) -> usize {
+        self.ci * (self.h + 2) * self.padded_w()
     }
 
-    /// The `(Cᵢ·9, Ho·Wo)` patch matrix of one image.
+    /// Width of a plane with its border of one zero on each side.
+    fn padded_w(&self) -> usize {
+        self.w + 2
+    }
+
+    /// Copies each `(H, W)` plane of `x` into the middle of a zero-bordered `(H+2, W+2)` plane of
+    /// `padded` (whose border stays 0).
     #[inline(always)]
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (p, s) = (self.pixels(), self.stride);
-        for ci in 0..self.ci {
-            let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            for (kk, row) in cols[ci * 9 * p..(ci + 1) * 9 * p].chunks_exact_mut(p).enumerate() {
+    fn pad(&self, x: &[f32], padded: &mut [f32]) {
+        let (pw, plane) = (self.padded_w(), (self.h + 2) * self.padded_w());
+        for (p, x) in padded.chunks_exact_mut(plane).zip(x.chunks_exact(self.h * self.w)) {
+            for (row, line) in p[pw..].chunks_exact_mut(pw).zip(x.chunks_exact(self.w)) {
+                row[1..=self.w].copy_from_slice(line);
+            }
+        }
+    }
+
+    /// The `(Cᵢ·9, Ho·Wo)` patch matrix of one image, from its zero-bordered planes (no bounds to
+    /// test: the border supplies the padding's zeros), written at the start of `cols`'s rows of
+    /// `ld` values (a block of images side by side).
+    #[inline(always)]
+    fn im2col(&self, padded: &[f32], cols: &mut [f32], ld: usize) {
+        let (p, s, pw) = (self.pixels(), self.stride, self.padded_w());
+        let plane = (self.h + 2) * pw;
+        for (ci, src) in padded.chunks_exact(plane).enumerate() {
+            for kk in 0..9 {
+                let r = (ci * 9 + kk) * ld;
+                let row = &mut cols[r..r + p];
                 let (ky, kx) = (kk / 3, kk % 3);
-                let (lo, hi, first) = self.columns(kx);
-                for oy in 0..self.ho {
-                    let iy = (oy * s + ky) as isize - 1;
-                    let out = &mut row[oy * self.wo..(oy + 1) * self.wo];
-                    if iy < 0 || iy >= self.h as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let line = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
+                for (oy, out) in row.chunks_exact_mut(self.wo).enumerate() {
+                    let line = &src[(oy * s + ky) * pw + kx..];
                     if s == 1 {
-                        out[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
+                        out.copy_from_slice(&line[..self.wo]);
                     } else {
-                        out[lo..hi].iter_mut().zip(line.iter().skip(first).step_by(s)).for_each(|(o, v)| *o = *v);
+                        out.iter_mut().zip(line.iter().step_by(s)).for_each(|(o, v)| *o = *v);
                     }
                 }
             }
         }
     }
 
-    /// Adds the patch matrix `cols` back onto the pixels they came from (the inverse of im2col).
+    /// Adds the patch matrix at the start of `cols`'s rows of `ld` values back onto the pixels
+    /// they came from (the inverse of im2col) in the zero-bordered planes `padded`, then copies
+    /// their middles to `x`.
     #[inline(always)]
-    fn col2im(&self, cols: &[f32], x: &mut [f32]) {
-        let (p, s) = (self.pixels(), self.stride);
-        x.fill(0.0);
-        for ci in 0..self.ci {
-            let plane = &mut x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            for (kk, row) in cols[ci * 9 * p..(ci + 1) * 9 * p].chunks_exact(p).enumerate() {
+    fn col2im(&self, cols: &[f32], ld: usize, padded: &mut [f32], x: &mut [f32]) {
+        let (p, s, pw) = (self.pixels(), self.stride, self.padded_w());
+        let plane = (self.h + 2) * pw;
+        padded.fill(0.0);
+        for (ci, dst) in padded.chunks_exact_mut(plane).enumerate() {
+            for kk in 0..9 {
+                let r = (ci * 9 + kk) * ld;
+                let row = &cols[r..r + p];
                 let (ky, kx) = (kk / 3, kk % 3);
-                let (lo, hi, first) = self.columns(kx);
-                for oy in 0..self.ho {
-                    let iy = (oy * s + ky) as isize - 1;
-                    if iy < 0 || iy >= self.h as isize {
-                        continue;
-                    }
-                    let line = &mut plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                    let from = &row[oy * self.wo + lo..oy * self.wo + hi];
+                for (oy, from) in row.chunks_exact(self.wo).enumerate() {
+                    let line = &mut dst[(oy * s + ky) * pw + kx..];
                     if s == 1 {
-                        line[first..first + hi - lo].iter_mut().zip(from).for_each(|(x, v)| *x += v);
+                        line[..self.wo].iter_mut().zip(from).for_each(|(x, v)| *x += v);
                     } else {
-                        line.iter_mut().skip(first).step_by(s).zip(from).for_each(|(x, v)| *x += v);
+                        line.iter_mut().step_by(s).zip(from).for_each(|(x, v)| *x += v);
                     }
                 }
+            }
+        }
+        for (p, x) in padded.chunks_exact(plane).zip(x.chunks_exact_mut(self.h * self.w)) {
+            for (row, line) in p[pw..].chunks_exact(pw).zip(x.chunks_exact_mut(self.w)) {
+                line.copy_from_slice(&row[1..=self.w]);
             }
         }
     }
@@ -1047,8 +1134,9 @@ impl CustomOp2 for Conv3x3 {
         let (k, p) = (c.k(), c.pixels());
         let mut y = vec![0f32; b * c.co * p];
         y.par_chunks_mut(c.co * p).zip(x.par_chunks(c.ci * c.h * c.w)).for_each(|(y, x)| {
-            let mut cols = vec![0f32; k * p];
-            c.im2col(x, &mut cols);
+            let (mut padded, mut cols) = (vec![0f32; c.padded()], vec![0f32; k * p]);
+            c.pad(x, &mut padded);
+            c.im2col(&padded, &mut cols, p);
             // y (Co, P) = W (Co, K) · cols (K, P)
             matmul((c.co, p, k), y, p, false, w, (k, 1), &cols, (p, 1), false);
         });
@@ -1071,15 +1159,18 @@ impl CustomOp2 for Conv3x3 {
             .zip(xs.par_chunks(IMAGE_BLOCK * image).zip(gs.par_chunks(IMAGE_BLOCK * c.co * p)))
             .map(|(dx, (x, g))| {
                 let (mut cols, mut dcols, mut dw) = (vec![0f32; k * p], vec![0f32; k * p], vec![0f32; c.co * k]);
+                // The input's zero-bordered planes (the border stays 0), and the gradient's.
+                let (mut padded, mut dpadded) = (vec![0f32; c.padded()], vec![0f32; c.padded()]);
                 for (i, ((dx, x), g)) in
                     dx.chunks_exact_mut(image).zip(x.chunks_exact(image)).zip(g.chunks_exact(c.co * p)).enumerate()
                 {
-                    c.im2col(x, &mut cols);
+                    c.pad(x, &mut padded);
+                    c.im2col(&padded, &mut cols, p);
                     // dW (Co, K) += dY (Co, P) · colsᵀ (P, K)
                     matmul((c.co, k, p), &mut dw, k, i > 0, g, (p, 1), &cols, (1, p), false);
                     // dcols (K, P) = Wᵀ (K, Co) · dY (Co, P)
                     matmul((k, p, c.co), &mut dcols, p, false, &ws, (1, k), g, (p, 1), false);
-                    c.col2im(&dcols, dx);
+                    c.col2im(&dcols, p, &mut dpadded, dx);
                 }
                 dw
             })

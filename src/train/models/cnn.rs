@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
 use crate::spec::CnnSpec;
-use crate::train::kernels::GroupNorm;
+use crate::train::kernels::{AddRelu, GroupNorm};
 use crate::train::models::vision::Projection;
 use crate::train::nn::{ce, conv3x3, fused, Fwd, Params};
 
@@ -35,19 +35,43 @@ impl ConvNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The convolution and the norm, with `relu` a ReLU after them (fused into the norm).
+    fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let y = conv3x3(x, &self.w, self.stride)?;
-        group_norm(&y, &self.gamma, &self.beta, self.groups)
+        norm(&y, &self.gamma, &self.beta, self.groups, relu)
     }
 }
 
 /// Group normalisation of `(B, C, H, W)` over `groups` channel groups (fused on the CPU in f32).
 pub fn group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Tensor> {
+    norm(x, gamma, beta, groups, false)
+}
+
+/// `relu(group_norm(x))` in one pass on the CPU in f32.
+pub fn group_norm_relu(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Tensor> {
+    norm(x, gamma, beta, groups, true)
+}
+
+fn norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, relu: bool) -> Result<Tensor> {
     if fused(x) && gamma.dtype() == DType::F32 {
         let c = |t: &Tensor| t.contiguous().map_err(ce);
-        return c(x)?.apply_op3(&c(gamma)?, &c(beta)?, GroupNorm { groups, eps: EPS }).map_err(ce);
+        return c(x)?.apply_op3(&c(gamma)?, &c(beta)?, GroupNorm { groups, eps: EPS, relu }).map_err(ce);
     }
-    reference_group_norm(x, gamma, beta, groups)
+    let y = reference_group_norm(x, gamma, beta, groups)?;
+    if relu {
+        y.relu().map_err(ce)
+    } else {
+        Ok(y)
+    }
+}
+
+/// `relu(a + b)` for `a` and `b` of one shape, in one pass on the CPU in f32.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(a) && b.dtype() == DType::F32 && a.dims() == b.dims() {
+        let c = |t: &Tensor| t.contiguous().map_err(ce);
+        return c(a)?.apply_op2(&c(b)?, AddRelu).map_err(ce);
+    }
+    (a + b).and_then(|z| z.relu()).map_err(ce)
 }
 
 /// [`group_norm`] composed from differentiable ops.
@@ -97,12 +121,12 @@ impl Cnn {
 
     /// The pooled image embedding `(B, widths.last)`.
     pub fn pooled(&self, images: &Tensor, _fwd: &Fwd) -> Result<Tensor> {
-        let mut x = self.stem.forward(images)?.relu().map_err(ce)?;
+        let mut x = self.stem.forward(images, true)?;
         for s in &self.stages {
-            x = s.down.forward(&x)?.relu().map_err(ce)?;
-            let y = s.conv1.forward(&x)?.relu().map_err(ce)?;
-            let y = s.conv2.forward(&y)?;
-            x = (x + y).and_then(|z| z.relu()).map_err(ce)?;
+            x = s.down.forward(&x, true)?;
+            let y = s.conv1.forward(&x, true)?;
+            let y = s.conv2.forward(&y, false)?;
+            x = add_relu(&x, &y)?;
         }
         x.mean(D::Minus1).and_then(|x| x.mean(D::Minus1)).map_err(ce)
     }
