@@ -973,19 +973,18 @@ impl CustomOp2 for AddRelu {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (a_values, b_values) = (values(a)?, values(b)?);
-        let mut sum = a_values.to_vec();
-        blocks2(
-            &mut sum,
-            &b_values,
-            #[inline(always)]
-            |s, b| s.iter_mut().zip(b).for_each(|(s, b)| *s += b),
-        );
         let mut dx = grad_values(g)?;
-        blocks2(
-            &mut dx,
-            &sum,
-            #[inline(always)]
-            |g, s| g.iter_mut().zip(s).for_each(|(g, s)| *g = if *s >= 0.0 { *g } else { 0.0 }),
+        dx.par_chunks_mut(BLOCK).zip(a_values.par_chunks(BLOCK).zip(b_values.par_chunks(BLOCK))).for_each(
+            |(g, (a, b))| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
+                            *g = if a + b >= 0.0 { *g } else { 0.0 };
+                        }
+                    },
+                )
+            },
         );
         let dx = tensor(dx, a)?;
         Ok((Some(dx.clone()), Some(dx)))
@@ -1050,16 +1049,13 @@ impl ConvShape {
     }
 
     /// The `(Cᵢ·9, Ho·Wo)` patch matrix of one image, from its zero-bordered planes (no bounds to
-    /// test: the border supplies the padding's zeros), written at the start of `cols`'s rows of
-    /// `ld` values (a block of images side by side).
+    /// test: the border supplies the padding's zeros).
     #[inline(always)]
-    fn im2col(&self, padded: &[f32], cols: &mut [f32], ld: usize) {
+    fn im2col(&self, padded: &[f32], cols: &mut [f32]) {
         let (p, s, pw) = (self.pixels(), self.stride, self.padded_w());
         let plane = (self.h + 2) * pw;
         for (ci, src) in padded.chunks_exact(plane).enumerate() {
-            for kk in 0..9 {
-                let r = (ci * 9 + kk) * ld;
-                let row = &mut cols[r..r + p];
+            for (kk, row) in cols[ci * 9 * p..(ci + 1) * 9 * p].chunks_exact_mut(p).enumerate() {
                 let (ky, kx) = (kk / 3, kk % 3);
                 for (oy, out) in row.chunks_exact_mut(self.wo).enumerate() {
                     let line = &src[(oy * s + ky) * pw + kx..];
@@ -1073,18 +1069,15 @@ impl ConvShape {
         }
     }
 
-    /// Adds the patch matrix at the start of `cols`'s rows of `ld` values back onto the pixels
-    /// they came from (the inverse of im2col) in the zero-bordered planes `padded`, then copies
-    /// their middles to `x`.
+    /// Adds the patch matrix `cols` back onto the pixels they came from (the inverse of im2col)
+    /// in the zero-bordered planes `padded`, then copies their middles to `x`.
     #[inline(always)]
-    fn col2im(&self, cols: &[f32], ld: usize, padded: &mut [f32], x: &mut [f32]) {
+    fn col2im(&self, cols: &[f32], padded: &mut [f32], x: &mut [f32]) {
         let (p, s, pw) = (self.pixels(), self.stride, self.padded_w());
         let plane = (self.h + 2) * pw;
         padded.fill(0.0);
         for (ci, dst) in padded.chunks_exact_mut(plane).enumerate() {
-            for kk in 0..9 {
-                let r = (ci * 9 + kk) * ld;
-                let row = &cols[r..r + p];
+            for (kk, row) in cols[ci * 9 * p..(ci + 1) * 9 * p].chunks_exact(p).enumerate() {
                 let (ky, kx) = (kk / 3, kk % 3);
                 for (oy, from) in row.chunks_exact(self.wo).enumerate() {
                     let line = &mut dst[(oy * s + ky) * pw + kx..];
@@ -1136,7 +1129,7 @@ impl CustomOp2 for Conv3x3 {
         y.par_chunks_mut(c.co * p).zip(x.par_chunks(c.ci * c.h * c.w)).for_each(|(y, x)| {
             let (mut padded, mut cols) = (vec![0f32; c.padded()], vec![0f32; k * p]);
             c.pad(x, &mut padded);
-            c.im2col(&padded, &mut cols, p);
+            c.im2col(&padded, &mut cols);
             // y (Co, P) = W (Co, K) · cols (K, P)
             matmul((c.co, p, k), y, p, false, w, (k, 1), &cols, (p, 1), false);
         });
@@ -1165,12 +1158,12 @@ impl CustomOp2 for Conv3x3 {
                     dx.chunks_exact_mut(image).zip(x.chunks_exact(image)).zip(g.chunks_exact(c.co * p)).enumerate()
                 {
                     c.pad(x, &mut padded);
-                    c.im2col(&padded, &mut cols, p);
+                    c.im2col(&padded, &mut cols);
                     // dW (Co, K) += dY (Co, P) · colsᵀ (P, K)
                     matmul((c.co, k, p), &mut dw, k, i > 0, g, (p, 1), &cols, (1, p), false);
                     // dcols (K, P) = Wᵀ (K, Co) · dY (Co, P)
                     matmul((k, p, c.co), &mut dcols, p, false, &ws, (1, k), g, (p, 1), false);
-                    c.col2im(&dcols, p, &mut dpadded, dx);
+                    c.col2im(&dcols, &mut dpadded, dx);
                 }
                 dw
             })
